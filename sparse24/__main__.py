@@ -1,0 +1,5 @@
+import sys
+
+from sparse24.cli import main
+
+sys.exit(main())

@@ -1,0 +1,183 @@
+"""``sparsify(model, config)``: swap ``nn.Linear`` instances for ``SparseLinear`` (torchao-style, no patching).
+
+``config`` is one method config, or a dict ``{"_default": cfg, "model.layers.0.mlp.*": other_cfg, "lm_head": None}``
+mapping FQNs (exact names or ``fnmatch`` patterns) to configs; ``None`` keeps a module dense. Embeddings and the
+output head stay dense by default. Each config type maps to exactly one handler (:func:`register_handler`).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from collections.abc import Callable, Iterator
+from typing import Union
+
+import torch
+from torch import nn
+
+from sparse24.config import MagnitudeConfig, SparseConfig, SRSTEConfig, SSTEConfig
+from sparse24.linear import SparseLinear
+from sparse24.tracking import FlipTracker
+
+log = logging.getLogger("sparse24")
+
+__all__ = [
+    "sparsify", "unsparsify", "register_handler", "sparse_modules", "update_masks", "apply_masked_decay",
+    "set_dense_finetune", "ConfigSpec",
+]
+
+ConfigSpec = Union[SparseConfig, dict[str, Union[SparseConfig, None]]]
+Handler = Callable[[nn.Module, SparseConfig], nn.Module]
+_HANDLERS: dict[type, Handler] = {}
+
+
+def register_handler(config_type: type) -> Callable[[Handler], Handler]:
+    """Decorator: ``fn(module, config) -> new_module`` becomes the handler for ``config_type``."""
+
+    def deco(fn: Handler) -> Handler:
+        _HANDLERS[config_type] = fn
+        return fn
+
+    return deco
+
+
+@register_handler(MagnitudeConfig)
+def _apply_magnitude(module: nn.Module, config: MagnitudeConfig) -> nn.Module:
+    return SparseLinear.from_dense(module, config)
+
+
+@register_handler(SRSTEConfig)
+def _apply_srste(module: nn.Module, config: SRSTEConfig) -> nn.Module:
+    return SparseLinear.from_dense(module, config)
+
+
+@register_handler(SSTEConfig)
+def _apply_sste(module: nn.Module, config: SSTEConfig) -> nn.Module:
+    return SparseLinear.from_dense(module, config)
+
+
+def _output_head(model: nn.Module) -> nn.Module | None:
+    get = getattr(model, "get_output_embeddings", None)
+    try:
+        return get() if callable(get) else None
+    except (NotImplementedError, AttributeError):
+        return None
+
+
+def _default_filter(module: nn.Module, fqn: str) -> bool:
+    return type(module) is nn.Linear and fqn.split(".")[-1] not in ("lm_head", "embed_out", "output")
+
+
+def _resolve(config: ConfigSpec, fqn: str) -> tuple[SparseConfig | None, bool]:
+    """(config for this FQN, whether the user named it explicitly)."""
+    if isinstance(config, SparseConfig):
+        return config, False
+    if fqn in config:
+        return config[fqn], True
+    for pattern, cfg in config.items():
+        if pattern != "_default" and fnmatch.fnmatchcase(fqn, pattern):
+            return cfg, True
+    return config.get("_default"), False
+
+
+def _set_module(model: nn.Module, fqn: str, new: nn.Module) -> None:
+    parent, _, child = fqn.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, new)
+
+
+def sparsify(
+    model: nn.Module, config: ConfigSpec, filter_fn: Callable[[nn.Module, str], bool] | None = None
+) -> nn.Module:
+    """Replace the selected ``nn.Linear`` modules of ``model`` in place by their 2:4 versions; returns ``model``.
+
+    Example::
+
+        model = sparsify(model, SSTEConfig())                      # every linear but the LM head
+        model = sparsify(model, {"_default": None, "*.mlp.*": SRSTEConfig()})   # FFNs only
+    """
+    if not isinstance(config, (SparseConfig, dict)):
+        raise TypeError(f"config must be a SparseConfig or a dict of FQN -> config, not {type(config).__name__}")
+    head = _output_head(model)
+    chosen = []
+    for fqn, module in model.named_modules():
+        if not fqn or isinstance(module, SparseLinear):
+            continue
+        cfg, explicit = _resolve(config, fqn)
+        if cfg is None:
+            continue
+        if not explicit:
+            if module is head or not (filter_fn or _default_filter)(module, fqn):
+                continue
+            if isinstance(module, nn.Linear) and module.in_features % 4:
+                log.warning("sparse24: %s kept dense: in_features=%d is not divisible by 4", fqn, module.in_features)
+                continue
+        if type(cfg) not in _HANDLERS:
+            raise TypeError(f"no sparsify handler for {type(cfg).__name__}; register one with @register_handler")
+        if not isinstance(module, nn.Linear):
+            raise TypeError(f"{fqn} is a {type(module).__name__}, not an nn.Linear; only linear layers become 2:4")
+        chosen.append((fqn, module, cfg))
+    for i, (fqn, module, cfg) in enumerate(chosen):
+        try:
+            new = _HANDLERS[type(cfg)](module, cfg)
+        except (ValueError, TypeError) as e:
+            raise type(e)(f"{fqn}: {e}") from e
+        new.seed = i
+        _set_module(model, fqn, new)
+    return model
+
+
+def unsparsify(model: nn.Module) -> nn.Module:
+    """Replace every ``SparseLinear`` by an ``nn.Linear`` holding its effective (2:4) weight; returns ``model``."""
+    for fqn, module in list(model.named_modules()):
+        if isinstance(module, SparseLinear):
+            _set_module(model, fqn, module.to_dense())
+    return model
+
+
+def sparse_modules(model: nn.Module) -> Iterator[tuple[str, SparseLinear]]:
+    """``(fqn, module)`` for every ``SparseLinear`` in ``model``."""
+    for fqn, module in model.named_modules():
+        if isinstance(module, SparseLinear):
+            yield fqn, module
+
+
+@torch.no_grad()
+def update_masks(model: nn.Module, tracker: FlipTracker | None = None) -> dict[str, float]:
+    """Call after each optimizer step: advance every layer's step and refresh the masks that are due.
+
+    Returns flip-rate statistics over the refreshed layers when a ``tracker`` is given (else ``{}``).
+    """
+    refreshed = {}
+    for fqn, m in sparse_modules(model):
+        m.step += 1
+        if not bool(m.dense_mode) and m.due_for_refresh():
+            m.refresh_mask()
+            refreshed[fqn] = m.mask
+    return tracker.update(refreshed) if tracker is not None and refreshed else {}
+
+
+@torch.no_grad()
+def apply_masked_decay(model: nn.Module, lr: float | None = None) -> None:
+    """SR-STE masked decay for layers whose config places it outside autograd.
+
+    ``decay_placement="grad"``: ``W.grad += λ(1−M)⊙W`` (call after clipping, before ``optimizer.step()``).
+    ``decay_placement="weight"``: ``W -= lr·λ(1−M)⊙W`` (call after ``optimizer.step()``, with ``lr``).
+    """
+    for _, m in sparse_modules(model):
+        cfg = m.config
+        if not isinstance(cfg, SRSTEConfig) or not cfg.decay or bool(m.dense_mode):
+            continue
+        w = m.weight
+        if cfg.decay_placement == "grad" and lr is None and w.grad is not None:
+            w.grad.add_(w * ~m.mask, alpha=cfg.decay)
+        elif cfg.decay_placement == "weight" and lr is not None:
+            w.sub_(w * ~m.mask, alpha=lr * cfg.decay)
+
+
+def set_dense_finetune(model: nn.Module, enable: bool = True) -> int:
+    """Switch every ``SparseLinear`` to exact dense mode (or back); returns how many layers were switched."""
+    n = 0
+    for _, m in sparse_modules(model):
+        m.dense_finetune(enable)
+        n += 1
+    return n
