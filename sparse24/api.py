@@ -68,16 +68,16 @@ def _default_filter(module: nn.Module, fqn: str) -> bool:
     return type(module) is nn.Linear and fqn.split(".")[-1] not in ("lm_head", "embed_out", "output")
 
 
-def _resolve(config: ConfigSpec, fqn: str) -> tuple[SparseConfig | None, bool]:
-    """(config for this FQN, whether the user named it explicitly)."""
+def _resolve(config: ConfigSpec, fqn: str) -> tuple[SparseConfig | None, str]:
+    """(config for this FQN, how it was chosen: "exact" name, "pattern" or "default")."""
     if isinstance(config, SparseConfig):
-        return config, False
+        return config, "default"
     if fqn in config:
-        return config[fqn], True
+        return config[fqn], "exact"
     for pattern, cfg in config.items():
         if pattern != "_default" and fnmatch.fnmatchcase(fqn, pattern):
-            return cfg, True
-    return config.get("_default"), False
+            return cfg, "pattern"
+    return config.get("_default"), "default"
 
 
 def _set_module(model: nn.Module, fqn: str, new: nn.Module) -> None:
@@ -102,10 +102,10 @@ def sparsify(
     for fqn, module in model.named_modules():
         if not fqn or isinstance(module, SparseLinear):
             continue
-        cfg, explicit = _resolve(config, fqn)
-        if cfg is None:
+        cfg, how = _resolve(config, fqn)
+        if cfg is None or (how == "pattern" and not isinstance(module, nn.Linear)):
             continue
-        if not explicit:
+        if how == "default":
             if module is head or not (filter_fn or _default_filter)(module, fqn):
                 continue
             if isinstance(module, nn.Linear) and module.in_features % 4:

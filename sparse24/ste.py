@@ -37,7 +37,7 @@ class MaskSTE(torch.autograd.Function):
     def backward(ctx, g: Tensor):
         if ctx.decay:
             w, mask = ctx.saved_tensors
-            g = g + ctx.decay * (~mask) * w
+            g = g + ctx.decay * (w * ~mask)
         return g, None, None
 
 

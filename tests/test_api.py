@@ -1,0 +1,77 @@
+"""sparsify / unsparsify on HF models built from configs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from sparse24 import MagnitudeConfig, SparseLinear, SRSTEConfig, SSTEConfig, sparse_modules, sparsify, unsparsify
+from sparse24.config import SparseConfig
+
+
+def test_default_keeps_embeddings_and_head_dense(tiny_llama):
+    model = tiny_llama(layers=2, hidden=32)
+    sparsify(model, SSTEConfig())
+    names = [n for n, _ in sparse_modules(model)]
+    assert len(names) == 2 * 7
+    assert isinstance(model.lm_head, nn.Linear) and not isinstance(model.lm_head, SparseLinear)
+    assert isinstance(model.model.embed_tokens, nn.Embedding)
+
+
+def test_fqn_overrides_and_patterns(tiny_llama):
+    model = tiny_llama(layers=2, hidden=32)
+    sparsify(model, {"_default": None, "*.mlp.*": SRSTEConfig(), "model.layers.0.self_attn.q_proj": SSTEConfig()})
+    got = {n: type(m.config) for n, m in sparse_modules(model)}
+    assert got["model.layers.0.self_attn.q_proj"] is SSTEConfig
+    assert sum(c is SRSTEConfig for c in got.values()) == 6 and len(got) == 7
+
+
+def test_gpt2_family(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64, n_positions=32))
+    # GPT-2 uses Conv1D, not nn.Linear: an explicit FQN on a non-linear module must fail clearly
+    with pytest.raises(TypeError, match="not an nn.Linear"):
+        sparsify(model, {"transformer.h.0.mlp.c_fc": MagnitudeConfig()})
+
+
+def test_output_matches_masked_dense_model_and_unsparsify_round_trips(tiny_llama):
+    model = tiny_llama(layers=1, hidden=32)
+    ref = tiny_llama(layers=1, hidden=32)
+    sparsify(model, MagnitudeConfig())
+    with torch.no_grad():  # the reference: the same model with W := W * M done by hand
+        for n, m in sparse_modules(model):
+            ref.get_submodule(n).weight.mul_(m.mask)
+    ids = torch.randint(0, 256, (2, 12))
+    with torch.no_grad():
+        a, b = model(input_ids=ids).logits, ref(input_ids=ids).logits
+        unsparsify(model)
+        c = model(input_ids=ids).logits
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert torch.equal(a, c)
+    assert not list(sparse_modules(model))
+
+
+def test_indivisible_linear_kept_dense_with_warning(caplog):
+    model = nn.Sequential(nn.Linear(6, 8), nn.Linear(8, 4))
+    sparsify(model, MagnitudeConfig())
+    assert type(model[0]) is nn.Linear and isinstance(model[1], SparseLinear)
+    assert "not divisible by 4" in caplog.text
+    with pytest.raises(ValueError, match="0: .*divisible by 4"):
+        sparsify(nn.Sequential(nn.Linear(6, 8)), {"0": MagnitudeConfig()})
+
+
+def test_config_round_trip_and_errors():
+    for cfg in (MagnitudeConfig(mask_refresh=3), SRSTEConfig(decay=1e-4, decay_placement="weight"), SSTEConfig(fp8=True)):
+        assert SparseConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown sparse24 method"):
+        SparseConfig.from_dict({"method": "nope"})
+    with pytest.raises(ValueError, match="newer than this sparse24"):
+        SparseConfig.from_dict({**SSTEConfig().to_dict(), "version": 99})
+    with pytest.raises(ValueError, match="unknown fields"):
+        SparseConfig.from_dict({**SSTEConfig().to_dict(), "lamda": 1})
+    with pytest.raises(ValueError, match="decay_placement"):
+        SRSTEConfig(decay_placement="optimizer")
+    with pytest.raises(TypeError, match="SparseConfig"):
+        sparsify(nn.Linear(4, 4), "sste")

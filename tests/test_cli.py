@@ -1,0 +1,30 @@
+"""The sparse24 command: --help teaches, the demo runs end to end, errors are one clear line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from sparse24.cli import main
+
+
+def test_help_lists_commands(capsys):
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    for word in ("demo", "examples:", "--help"):
+        assert word in out
+
+
+def test_demo_end_to_end(tmp_path, capsys):
+    rc = main(["demo", "--steps", "8", "--hidden", "64", "--out", str(tmp_path / "d")])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "14/14 sparse weights are exactly 2:4" in out and "reloaded logits identical: True" in out
+    # second run into the same folder is refused with a clear one-line error
+    assert main(["demo", "--steps", "1", "--hidden", "64", "--out", str(tmp_path / "d")]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_module_entry_point():
+    r = subprocess.run([sys.executable, "-m", "sparse24", "--version"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.startswith("sparse24 ")
