@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from sparse24.config import MagnitudeConfig, SparseConfig, SRSTEConfig, SSTEConfig
-from sparse24.linear import SparseLinear
+from sparse24.linear import SparseLinear, is_conv1d
 from sparse24.tracking import FlipTracker
 
 log = logging.getLogger("sparse24")
@@ -64,8 +64,12 @@ def _output_head(model: nn.Module) -> nn.Module | None:
         return None
 
 
+def _is_linear(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) or is_conv1d(module)
+
+
 def _default_filter(module: nn.Module, fqn: str) -> bool:
-    return type(module) is nn.Linear and fqn.split(".")[-1] not in ("lm_head", "embed_out", "output")
+    return (type(module) is nn.Linear or is_conv1d(module)) and fqn.split(".")[-1] not in ("lm_head", "embed_out", "output")
 
 
 def _resolve(config: ConfigSpec, fqn: str) -> tuple[SparseConfig | None, str]:
@@ -103,17 +107,18 @@ def sparsify(
         if not fqn or isinstance(module, SparseLinear):
             continue
         cfg, how = _resolve(config, fqn)
-        if cfg is None or (how == "pattern" and not isinstance(module, nn.Linear)):
+        if cfg is None or (how == "pattern" and not _is_linear(module)):
             continue
         if how == "default":
             if module is head or not (filter_fn or _default_filter)(module, fqn):
                 continue
-            if isinstance(module, nn.Linear) and module.in_features % 4:
-                log.warning("sparse24: %s kept dense: in_features=%d is not divisible by 4", fqn, module.in_features)
+            in_features = module.weight.shape[0 if is_conv1d(module) else 1]
+            if in_features % 4:
+                log.warning("sparse24: %s kept dense: in_features=%d is not divisible by 4", fqn, in_features)
                 continue
         if type(cfg) not in _HANDLERS:
             raise TypeError(f"no sparsify handler for {type(cfg).__name__}; register one with @register_handler")
-        if not isinstance(module, nn.Linear):
+        if not _is_linear(module):
             raise TypeError(f"{fqn} is a {type(module).__name__}, not an nn.Linear; only linear layers become 2:4")
         chosen.append((fqn, module, cfg))
     for i, (fqn, module, cfg) in enumerate(chosen):

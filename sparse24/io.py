@@ -71,6 +71,7 @@ def effective_state_dict(model: nn.Module) -> tuple[dict[str, torch.Tensor], lis
                 continue
             if leaf == "weight":
                 t = sparse[mod].sparse_weight()
+                t = t.t().contiguous() if sparse[mod].conv1d else t  # GPT-2 Conv1D stores [in, out]
         sd[key] = t
     return sd, sorted(sparse)
 
@@ -101,12 +102,13 @@ def save_sparse(
     with atomic_folder(folder, overwrite) as tmp:
         model.save_pretrained(tmp, state_dict=dict(sd))  # HF consumes the dict
         if compressed:
-            _save_compressed(sd, names, tmp / COMPRESSED_NAME)
+            conv = {fqn for fqn, m in sparse_modules(model) if m.conv1d}
+            _save_compressed(sd, names, tmp / COMPRESSED_NAME, conv)
         (tmp / CONFIG_NAME).write_text(json.dumps(record, indent=2, default=str))
     return Path(folder)
 
 
-def _save_compressed(sd: dict[str, torch.Tensor], names: list[str], path: Path) -> None:
+def _save_compressed(sd: dict[str, torch.Tensor], names: list[str], path: Path, transposed: set[str]) -> None:
     tensors, seen, aliases, sparse = {}, {}, {}, {}
     for key, t in sd.items():
         ptr = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape)) if t.numel() else None
@@ -115,9 +117,10 @@ def _save_compressed(sd: dict[str, torch.Tensor], names: list[str], path: Path) 
             continue
         seen[ptr] = key
         if key.endswith(".weight") and key[: -len(".weight")] in names:
-            values, meta = compress_24(t, key)
+            flip = key[: -len(".weight")] in transposed  # compress along `in` even where it is stored [in, out]
+            values, meta = compress_24(t.t() if flip else t, key)
             tensors[key + ".values"], tensors[key + ".meta"] = values.contiguous(), meta.contiguous()
-            sparse[key] = {"shape": list(t.shape), "dtype": str(t.dtype)}
+            sparse[key] = {"shape": list(t.shape), "dtype": str(t.dtype), "transposed": flip}
         else:
             tensors[key] = t.contiguous()
     meta = {"format": "sparse24-2:4", "format_version": str(FORMAT_VERSION),
@@ -161,6 +164,7 @@ def load_compressed(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         if key + ".values" not in raw or key + ".meta" not in raw:
             raise ValueError(f"{path}: {key} is listed as sparse but its values/meta are missing; the file is corrupt")
         w = decompress_24(raw[key + ".values"], raw[key + ".meta"], key)
+        w = w.t().contiguous() if info.get("transposed") else w
         if list(w.shape) != info["shape"] or str(w.dtype) != info["dtype"]:
             raise ValueError(f"{path}: {key} decompresses to {tuple(w.shape)} {w.dtype} but the metadata says "
                              f"{info['shape']} {info['dtype']}; the file is corrupt")

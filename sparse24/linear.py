@@ -18,7 +18,12 @@ from sparse24.config import MagnitudeConfig, SparseConfig, SRSTEConfig, SSTEConf
 from sparse24.masks import check_weight, magnitude_mask_24, soft_threshold_24, sste_scale, transposable_mask_24
 from sparse24.ste import MaskSTE, SoftThresholdSTE, SparseMatmul
 
-__all__ = ["SparseLinear"]
+__all__ = ["SparseLinear", "is_conv1d"]
+
+
+def is_conv1d(module: nn.Module) -> bool:
+    """GPT-2-style ``transformers.pytorch_utils.Conv1D``: a linear layer whose weight is stored ``[in, out]``."""
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and hasattr(module, "nx")
 
 
 class SparseLinear(nn.Module):
@@ -51,6 +56,7 @@ class SparseLinear(nn.Module):
         self.register_buffer("step", torch.zeros((), dtype=torch.int64, device=device))
         self.register_buffer("dense_mode", torch.zeros((), dtype=torch.bool, device=device))
         self.seed = 0  # MVUE stream; sparsify gives every layer its own
+        self.conv1d = False  # converted from GPT-2's Conv1D (weight stored [in, out]): saved back in that layout
         self._generator: torch.Generator | None = None
         self.reset_parameters()
         if self.weight.device.type != "meta":
@@ -64,15 +70,17 @@ class SparseLinear(nn.Module):
 
     # ---- conversion ------------------------------------------------------------------------------------------
     @classmethod
-    def from_dense(cls, linear: nn.Linear, config: SparseConfig | None = None, backend: str | None = None) -> SparseLinear:
-        """Wrap an ``nn.Linear`` (its weight and bias are reused, not copied). The mask and β come from its weight."""
-        check_weight(linear.weight.detach(), "weight", ndim=2)
+    def from_dense(cls, linear: nn.Module, config: SparseConfig | None = None, backend: str | None = None) -> SparseLinear:
+        """Wrap an ``nn.Linear`` (its weight and bias are reused, not copied) or a GPT-2 ``Conv1D`` (weight
+        transposed into a new parameter). The mask and β come from its weight."""
+        conv1d = is_conv1d(linear)
+        weight = nn.Parameter(linear.weight.detach().t().contiguous()) if conv1d else linear.weight  # [out, in]
+        check_weight(weight.detach(), "weight", ndim=2)
+        out_f, in_f = weight.shape
         with torch.device("meta"):
-            mod = cls(linear.in_features, linear.out_features, linear.bias is not None,
-                      dtype=linear.weight.dtype, config=config, backend=backend)
-        dev = linear.weight.device
-        mod.weight = linear.weight
-        mod.bias = linear.bias
+            mod = cls(in_f, out_f, linear.bias is not None, dtype=weight.dtype, config=config, backend=backend)
+        dev = weight.device
+        mod.weight, mod.bias, mod.conv1d = weight, linear.bias, conv1d
         for name, dtype in (("mask", torch.bool), ("scale", torch.float32), ("step", torch.int64), ("dense_mode", torch.bool)):
             setattr(mod, name, torch.zeros_like(getattr(mod, name), dtype=dtype, device=dev))
         mod._init_method_state()
@@ -84,8 +92,16 @@ class SparseLinear(nn.Module):
         self.refresh_mask()
         self.scale.fill_(sste_scale(self.weight.detach()) if isinstance(self.config, SSTEConfig) else 1.0)
 
-    def to_dense(self) -> nn.Linear:
-        """An ``nn.Linear`` holding the effective weight (2:4 with zeros, or the dense weight in dense mode)."""
+    def to_dense(self) -> nn.Module:
+        """An ``nn.Linear`` (or ``Conv1D``, if it came from one) holding the effective weight."""
+        if self.conv1d:
+            from transformers.pytorch_utils import Conv1D
+
+            lin = Conv1D(self.out_features, self.in_features).to(self.weight.device, self.weight.dtype)
+            with torch.no_grad():
+                lin.weight.copy_(self.sparse_weight().t())
+                lin.bias.copy_(self.bias)
+            return lin
         lin = nn.Linear(self.in_features, self.out_features, self.bias is not None,
                         device=self.weight.device, dtype=self.weight.dtype)
         with torch.no_grad():

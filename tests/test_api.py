@@ -27,13 +27,41 @@ def test_fqn_overrides_and_patterns(tiny_llama):
     assert sum(c is SRSTEConfig for c in got.values()) == 6 and len(got) == 7
 
 
-def test_gpt2_family(tmp_path):
+def _gpt2():
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64, n_positions=32))
-    # GPT-2 uses Conv1D, not nn.Linear: an explicit FQN on a non-linear module must fail clearly
+    cfg = GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64, n_positions=32, bos_token_id=0, eos_token_id=0)
+    return GPT2LMHeadModel(cfg).eval()
+
+
+def test_gpt2_conv1d_layers_sparsify_save_and_load(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from sparse24 import load_sparse, save_sparse
+
+    model, ref = _gpt2(), _gpt2()
+    ref.load_state_dict(model.state_dict())
+    sparsify(model, MagnitudeConfig())
+    names = [n for n, _ in sparse_modules(model)]
+    assert names == ["transformer.h.0.attn.c_attn", "transformer.h.0.attn.c_proj", "transformer.h.0.mlp.c_fc",
+                     "transformer.h.0.mlp.c_proj"]
+    with torch.no_grad():  # reference: Conv1D weights [in, out], 2:4 along `in` = dim 0, done by hand
+        for n, m in sparse_modules(model):
+            conv = ref.get_submodule(n)
+            conv.weight.mul_(m.mask.t())
+            assert ((conv.weight.t().reshape(-1, 4) != 0).sum(-1) <= 2).all()
+    ids = torch.randint(0, 64, (2, 10))
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, ref(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
+        save_sparse(model, tmp_path / "ck", compressed=True)
+        plain = AutoModelForCausalLM.from_pretrained(tmp_path / "ck").eval()
+        torch.testing.assert_close(plain(input_ids=ids).logits, ref(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
+        assert torch.equal(load_sparse(tmp_path / "ck")(input_ids=ids).logits, model(input_ids=ids).logits)
+        unsparsify(model)
+        assert type(model.transformer.h[0].mlp.c_fc).__name__ == "Conv1D"
+        torch.testing.assert_close(model(input_ids=ids).logits, ref(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
     with pytest.raises(TypeError, match="not an nn.Linear"):
-        sparsify(model, {"transformer.h.0.mlp.c_fc": MagnitudeConfig()})
+        sparsify(_gpt2(), {"transformer.h.0.mlp.act": MagnitudeConfig()})
 
 
 def test_output_matches_masked_dense_model_and_unsparsify_round_trips(tiny_llama):
