@@ -1,0 +1,227 @@
+"""Layer-sequential calibration driver (algorithms.md §6): the loop every one-shot pruner runs inside.
+
+For each decoder layer ``l``: load only that layer (from the safetensors shards) onto the device, hook its target
+linears, run the calibration inputs through it to collect the statistics the pruner asked for, prune every target
+linear, then produce the inputs of layer ``l+1``: re-run the *pruned* layer (``pruner.sequential``, Wanda/SparseGPT)
+or keep the dense outputs of the statistics pass (layers independent, e.g. ARMOR). The layer then goes back to the
+meta device; only one layer plus the activations ``[nsamples, seqlen, hidden]`` live on the device at a time.
+Progress is written after every layer (:mod:`sparse24.prune.resume`).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from sparse24.masks import is_24
+from sparse24.prune.base import LayerStats, Pruner
+from sparse24.prune.model_io import ShardReader, decoder_layers
+from sparse24.prune.resume import WorkState
+from sparse24.prune.stats import StatsCollector
+
+__all__ = ["PruneOptions", "PruneOutcome", "prune_layers", "matches", "skeleton"]
+
+
+@dataclass
+class PruneOptions:
+    """Everything about a run except the pruner: what to prune, where, in which dtype, in which batches."""
+
+    targets: list[str] = field(default_factory=lambda: ["*"])
+    ignore: list[str] = field(default_factory=list)
+    device: str = "cpu"
+    dtype: torch.dtype = torch.float32
+    batch_size: int = 8
+    progress: bool = True
+
+
+@dataclass
+class PruneOutcome:
+    """Pruned weights and masks by linear name, and one report row per pruned linear."""
+
+    weights: dict[str, Tensor]
+    masks: dict[str, Tensor]
+    report: list[dict[str, Any]]
+
+
+def matches(name: str, targets: list[str], ignore: list[str]) -> bool:
+    """Glob patterns (``*.mlp.*``) or regexes (``re:.*down_proj``) on full module names; ignore wins."""
+
+    def hit(pat: str) -> bool:
+        return bool(re.fullmatch(pat[3:], name)) if pat.startswith("re:") else fnmatch.fnmatchcase(name, pat)
+
+    return any(hit(p) for p in targets) and not any(hit(p) for p in ignore)
+
+
+def skeleton(model_dir: Path) -> nn.Module:
+    """The model built on the meta device from its config (no weights read)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_dir)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
+
+
+class _Stop(Exception):
+    pass
+
+
+class _Recorder(nn.Module):
+    """Stands in for a decoder layer while capturing its call: saves kwargs (and layer 0's input), passes through."""
+
+    def __init__(self, index: int, last: bool, sink: dict) -> None:
+        super().__init__()
+        self.index, self.last, self.sink = index, last, sink
+
+    def forward(self, hidden: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        if args:
+            raise ValueError("decoder layers called with positional extras are not supported by the driver")
+        self.sink.setdefault("kwargs", {}).setdefault(self.index, kwargs)
+        if self.index == 0:
+            self.sink["hidden"] = hidden
+        if self.last:
+            raise _Stop
+        return hidden
+
+
+def _capture(model: nn.Module, reader: ShardReader, calib: Tensor, opts: PruneOptions,
+             need_hidden: bool) -> tuple[Tensor | None, list[dict[str, Any]]]:
+    """Embed the calibration samples (``[N, T]`` ids) -> layer-0 inputs ``[N, T, H]`` and each layer's kwargs."""
+    inner, layers = model.model, decoder_layers(model)
+    reader.load_module(inner.embed_tokens, "model.embed_tokens", opts.device, opts.dtype)
+    with torch.device(opts.device):
+        inner.rotary_emb = type(inner.rotary_emb)(config=model.config)  # buffers are recomputed, not stored
+    originals = list(layers)
+    sink: dict[str, Any] = {}
+    for i in range(len(layers)):
+        layers[i] = _Recorder(i, i == len(layers) - 1, sink)
+    hidden = []
+    try:
+        for s in range(calib.shape[0] if need_hidden else 1):
+            try:
+                inner(input_ids=calib[s : s + 1].to(opts.device), use_cache=False)
+            except _Stop:
+                pass
+            hidden.append(sink["hidden"])
+    finally:
+        for i, layer in enumerate(originals):
+            layers[i] = layer
+        inner.embed_tokens.to("meta")
+    kwargs = [sink["kwargs"][i] for i in range(len(layers))]
+    return (torch.cat(hidden) if need_hidden else None), kwargs  # [N, T, H]
+
+
+@torch.no_grad()
+def _run_layer(layer: nn.Module, hidden: Tensor, kwargs: dict[str, Any], batch: int,
+               collector: StatsCollector | None, keep_output: bool) -> Tensor | None:
+    out = torch.empty_like(hidden) if keep_output else None  # [N, T, H]
+    for b0 in range(0, hidden.shape[0], batch):
+        x = hidden[b0 : b0 + batch]
+        if collector is not None:
+            collector.begin_batch(x.shape[0])
+        y = layer(x, **kwargs)
+        if out is not None:
+            out[b0 : b0 + batch] = y[0] if isinstance(y, tuple) else y
+    if collector is not None:
+        collector.begin_batch(0)
+    return out
+
+
+def _errors(w: Tensor, new: Tensor, mask: Tensor, probe: Tensor | None) -> dict[str, Any]:
+    """Relative weight error ‖ΔW‖²/‖W‖² and output error ‖XΔWᵀ‖²/‖XWᵀ‖² on probe rows of the dense-pass input."""
+    w64, d64 = w.double(), (w.double() - new.double())
+    row = {"weight_err": float(d64.square().sum() / w64.square().sum().clamp(min=1e-30)),
+           "is_24": bool(is_24(new)) and bool((mask.reshape(-1, 4).sum(-1) == 2).all())}
+    if probe is not None:
+        x = probe.double()  # [P, in]
+        row["out_err"] = float((x @ d64.t()).square().sum() / (x @ w64.t()).square().sum().clamp(min=1e-30))
+    return row
+
+
+@torch.no_grad()
+def _prune_layer(index: int, layer: nn.Module, names: dict[str, str], pruner: Pruner, hidden: Tensor | None,
+                 kwargs: dict[str, Any], opts: PruneOptions) -> tuple[Tensor | None, dict, list]:
+    """Prune the target linears of one loaded layer; returns (next inputs, tensors to save, report rows)."""
+    linears = {full: layer.get_submodule(sub) for full, sub in names.items()}
+    stats: dict[str, LayerStats | None] = dict.fromkeys(linears)
+    probes: dict[str, Tensor | None] = dict.fromkeys(linears)
+    dense_out = None
+    if pruner.stats != "none" and hidden is not None:
+        col = StatsCollector(linears, pruner.stats)
+        try:
+            dense_out = _run_layer(layer, hidden, kwargs, opts.batch_size, col, keep_output=not pruner.sequential)
+        finally:
+            col.remove()
+        stats, probes = col.stats(), col.probes()
+    tensors, rows = {}, []
+    for full, lin in linears.items():
+        w = lin.weight.detach()
+        res = pruner.prune(w, stats[full])
+        if res.weight.shape != w.shape or res.mask.shape != w.shape or res.mask.dtype != torch.bool:
+            raise RuntimeError(f"pruner {pruner.name!r} returned bad shapes/dtypes for {full}")
+        rows.append({"layer": index, "name": full, "shape": list(w.shape), **_errors(w, res.weight, res.mask,
+                                                                                     probes[full])})
+        lin.weight.copy_(res.weight.to(w.dtype))
+        tensors[full + ".weight"], tensors[full + ".mask"] = lin.weight.detach(), res.mask
+    if hidden is None:
+        return None, tensors, rows
+    nxt = _run_layer(layer, hidden, kwargs, opts.batch_size, None, True) if pruner.sequential else dense_out
+    return nxt, tensors, rows
+
+
+def _targets(layers: nn.ModuleList, opts: PruneOptions) -> list[dict[str, str]]:
+    per_layer = []
+    for i, layer in enumerate(layers):
+        sel = {f"model.layers.{i}.{sub}": sub for sub, m in layer.named_modules()
+               if isinstance(m, nn.Linear) and matches(f"model.layers.{i}.{sub}", opts.targets, opts.ignore)}
+        bad = [n for n, s in sel.items() if layer.get_submodule(s).in_features % 4]
+        if bad:
+            raise ValueError(f"{bad[0]} has in_features not divisible by 4; add it to --ignore")
+        per_layer.append(sel)
+    if not any(per_layer):
+        raise ValueError(f"--targets {opts.targets} / --ignore {opts.ignore} select no linear inside the decoder "
+                         "layers (names look like model.layers.0.mlp.down_proj)")
+    return per_layer
+
+
+def prune_layers(model_dir: Path, pruner: Pruner, calib: Tensor | None, opts: PruneOptions, state: WorkState,
+                 on_layer_done: Callable[[int], None] | None = None) -> PruneOutcome:
+    """Run the whole layer loop (resuming from ``state``) and return every pruned weight, mask and report row."""
+    from tqdm.auto import tqdm
+
+    model = skeleton(model_dir)
+    layers, reader = decoder_layers(model), ShardReader(model_dir)
+    names = _targets(layers, opts)
+    if pruner.stats != "none" and calib is None:
+        raise ValueError(f"method {pruner.name!r} needs calibration data (--calib)")
+    start, hidden = state.resume_point()
+    needs_data = pruner.stats != "none"
+    kwargs: list[dict[str, Any]] = [{}] * len(layers)
+    if needs_data:
+        hidden0, kwargs = _capture(model, reader, calib, opts, need_hidden=start == 0)
+        hidden = hidden0 if start == 0 else hidden.to(opts.device)
+    bar = tqdm(range(start, len(layers)), desc=f"{pruner.name} layers", disable=not opts.progress,
+               initial=start, total=len(layers))
+    for i in bar:
+        layer = layers[i]
+        reader.load_module(layer, f"model.layers.{i}", opts.device, opts.dtype)
+        hidden, tensors, rows = _prune_layer(i, layer, names[i], pruner, hidden if needs_data else None,
+                                             kwargs[i], opts)
+        state.save_layer(i, tensors, {"rows": rows})
+        state.save_acts(i + 1, hidden)
+        layer.to("meta")
+        if on_layer_done is not None:
+            on_layer_done(i)
+    weights, masks, report = {}, {}, []
+    for i in range(len(layers)):
+        tensors, rep = state.load_layer(i)
+        report += rep.get("rows", [])
+        for key, t in tensors.items():
+            (masks if key.endswith(".mask") else weights)[key.rpartition(".")[0]] = t
+    return PruneOutcome(weights, masks, report)

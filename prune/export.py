@@ -1,0 +1,65 @@
+"""Turn the driver's pruned weights into a saved sparse24 checkpoint, and format the summary table."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sparse24.compress import check_24
+from sparse24.prune.driver import PruneOutcome
+
+__all__ = ["assemble", "summary_table", "check_all_24"]
+
+
+def assemble(model_dir: Path, outcome: PruneOutcome, dtype: torch.dtype | None = None) -> nn.Module:
+    """The full model (loaded once, on the CPU) with pruned weights and fixed 2:4 ``SparseLinear`` modules."""
+    from transformers import AutoModelForCausalLM
+
+    from sparse24.api import sparse_modules, sparsify
+    from sparse24.config import MagnitudeConfig
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype or "auto")
+    with torch.no_grad():
+        for name, w in outcome.weights.items():
+            model.get_submodule(name).weight.copy_(w)
+    sparsify(model, {"_default": None, **dict.fromkeys(outcome.weights, MagnitudeConfig())})
+    with torch.no_grad():
+        for name, mod in sparse_modules(model):
+            mod.mask.copy_(outcome.masks[name])  # the pruner's mask (equal to the magnitude mask of the zeros)
+    return model.eval()
+
+
+def check_all_24(model: nn.Module) -> tuple[int, int]:
+    """(weights that are exactly 2:4, weights checked) over every SparseLinear; raises on none."""
+    from sparse24.api import sparse_modules
+
+    ok = total = 0
+    for name, mod in sparse_modules(model):
+        total += 1
+        try:
+            check_24(mod.sparse_weight(), name)
+            ok += int(bool((mod.mask.reshape(-1, 4).sum(-1) == 2).all()))
+        except ValueError:
+            pass
+    return ok, total
+
+
+def summary_table(report: list[dict[str, Any]]) -> str:
+    """One row per decoder layer: relative output error ‖XΔWᵀ‖²/‖XWᵀ‖² per linear (weight error if no data)."""
+    by_layer: dict[int, dict[str, dict]] = defaultdict(dict)
+    for row in report:
+        by_layer[row["layer"]][row["name"].rsplit(".", 1)[-1]] = row
+    cols = list(dict.fromkeys(k for layer in by_layer.values() for k in layer))
+    data = any("out_err" in r for r in report)
+    metric = "out_err" if data else "weight_err"
+    head = f"{'layer':>5} " + " ".join(f"{c:>10}" for c in cols) + "  2:4"
+    lines = [f"relative {'output' if data else 'weight'} error per linear ({metric}; lower is better)", head]
+    for i in sorted(by_layer):
+        rows = by_layer[i]
+        vals = " ".join(f"{rows[c][metric]:10.4f}" if c in rows else f"{'-':>10}" for c in cols)
+        lines.append(f"{i:>5} {vals}  {'ok' if all(r['is_24'] for r in rows.values()) else 'FAIL'}")
+    return "\n".join(lines)

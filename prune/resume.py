@@ -1,0 +1,85 @@
+"""The ``<out>.partial/`` work folder that makes a pruning run resumable.
+
+``run.json`` holds the run's fingerprint (model, method and settings, calibration hash, targets, dtype, batch size).
+After layer ``l`` the driver writes ``layer_0000l.safetensors`` (pruned weights, masks, per-linear report) and then
+``acts.safetensors`` (the calibration inputs of layer ``l+1``); both by write-to-temp + rename, so a killed run leaves
+either the old or the new file, never half of one. A restart with the same fingerprint continues at the layer named in
+``acts.safetensors`` and produces bit-identical output; a different fingerprint is refused, nothing is touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+__all__ = ["WorkState", "atomic_save"]
+
+
+def atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """``safetensors`` save to ``path`` via a temporary file and ``os.replace``."""
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+class WorkState:
+    """Read/write the resumable state of one pruning run."""
+
+    def __init__(self, folder: Path, fingerprint: dict[str, Any], fresh: bool = False) -> None:
+        self.folder, self.fingerprint = Path(folder), json.loads(json.dumps(fingerprint, default=str))
+        run = self.folder / "run.json"
+        if fresh:
+            shutil.rmtree(self.folder, ignore_errors=True)
+        if run.is_file():
+            old = json.loads(run.read_text())
+            diff = [f"{k}: {old.get(k)!r} (before) vs {self.fingerprint.get(k)!r} (now)"
+                    for k in sorted(set(old) | set(self.fingerprint)) if old.get(k) != self.fingerprint.get(k)]
+            if diff:
+                raise ValueError(f"{self.folder} holds a partial run with different arguments ({'; '.join(diff)}); "
+                                 "rerun with the same arguments to resume, or pass --overwrite to start over")
+        else:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            tmp = run.with_name("run.json.tmp")
+            tmp.write_text(json.dumps(self.fingerprint, indent=2))
+            os.replace(tmp, run)
+
+    def layer_path(self, index: int) -> Path:
+        return self.folder / f"layer_{index:05d}.safetensors"
+
+    def save_layer(self, index: int, tensors: dict[str, torch.Tensor], report: dict[str, Any]) -> None:
+        atomic_save(tensors, self.layer_path(index), {"report": json.dumps(report)})
+
+    def load_layer(self, index: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        from safetensors import safe_open
+
+        path = self.layer_path(index)
+        with safe_open(str(path), "pt") as f:
+            report = json.loads((f.metadata() or {}).get("report", "{}"))
+        return load_file(str(path)), report
+
+    def save_acts(self, next_layer: int, hidden: torch.Tensor | None) -> None:
+        tensors = {"hidden": hidden} if hidden is not None else {"none": torch.zeros(0)}
+        atomic_save(tensors, self.folder / "acts.safetensors", {"next_layer": str(next_layer)})
+
+    def resume_point(self) -> tuple[int, torch.Tensor | None]:
+        """``(first layer still to do, its calibration inputs or None)``; ``(0, None)`` for a fresh run."""
+        path = self.folder / "acts.safetensors"
+        if not path.is_file():
+            return 0, None
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            nxt = int((f.metadata() or {})["next_layer"])
+        missing = [i for i in range(nxt) if not self.layer_path(i).is_file()]
+        if missing:
+            raise RuntimeError(f"{self.folder}: layer files {missing} are missing; delete the folder to start over")
+        return nxt, load_file(str(path)).get("hidden")
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)

@@ -1,0 +1,89 @@
+"""Forward hooks that accumulate calibration statistics of linear inputs (``Σ x²`` or ``Σ x xᵀ``).
+
+Linears that receive the *same* input tensor in a forward (q/k/v, gate/up) share one accumulator, so a layer costs
+one Hessian per distinct input instead of one per linear. Sums are taken in float32 per batch and added into float64.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from sparse24.prune.base import LayerStats
+
+__all__ = ["StatsCollector"]
+
+
+class _Accumulator:
+    def __init__(self, kind: str, in_features: int, device: torch.device) -> None:
+        self.kind, self.nsamples, self.tokens = kind, 0, 0
+        n = in_features
+        self.sum = torch.zeros((n, n) if kind == "hessian" else (n,), dtype=torch.float64, device=device)
+        self.probe: Tensor | None = None  # a few input rows kept for the reconstruction-error report
+
+    def add(self, x: Tensor, samples: int, probe_rows: int) -> None:
+        x2d = x.detach().reshape(-1, x.shape[-1]).float()  # [tokens, in]
+        if self.kind == "hessian":
+            self.sum += (x2d.t() @ x2d).double()  # [in, in]
+        else:
+            self.sum += x2d.square().sum(0).double()  # [in]
+        self.nsamples += samples
+        self.tokens += x2d.shape[0]
+        if self.probe is None and probe_rows:
+            self.probe = x2d[:probe_rows].clone()
+
+    def finish(self) -> LayerStats:
+        n = max(self.nsamples, 1)
+        if self.kind == "hessian":
+            return LayerStats(self.nsamples, self.tokens, sqnorm=torch.diagonal(self.sum).clone() / n,
+                              hessian=self.sum * (2.0 / n))
+        return LayerStats(self.nsamples, self.tokens, sqnorm=self.sum / n)
+
+
+class StatsCollector:
+    """Hook ``linears`` (name -> module); call :meth:`begin_batch` before each forward, :meth:`stats` at the end."""
+
+    def __init__(self, linears: dict[str, nn.Linear], kind: str, probe_rows: int = 512) -> None:
+        self.linears, self.kind, self.probe_rows = linears, kind, probe_rows
+        self.acc: dict[str, _Accumulator] = {}
+        self.owner: dict[str, str] = {}  # linear name -> name of the linear whose accumulator it shares
+        self._batch: list[tuple[Tensor, str]] = []  # inputs seen in this forward (strong refs: ids stay unique)
+        self._samples = 0
+        self._handles = [m.register_forward_hook(self._hook(n)) for n, m in linears.items()]
+
+    def begin_batch(self, samples: int) -> None:
+        self._batch.clear()
+        self._samples = samples
+
+    def _hook(self, name: str):
+        def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+            x = inputs[0]
+            for seen, owner in self._batch:
+                if seen is x:
+                    self.owner[name] = owner
+                    return
+            self._batch.append((x, name))
+            self.owner[name] = name
+            if name not in self.acc:
+                self.acc[name] = _Accumulator(self.kind, x.shape[-1], x.device)
+            self.acc[name].add(x, self._samples, self.probe_rows)
+
+        return hook
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self._batch.clear()
+
+    def stats(self) -> dict[str, LayerStats]:
+        """Per linear name, the statistics of its input (shared objects for linears with a shared input)."""
+        done = {n: a.finish() for n, a in self.acc.items()}
+        missing = [n for n in self.linears if n not in self.owner]
+        if missing:
+            raise RuntimeError(f"no calibration input reached {missing}; the layer's forward never called them")
+        return {n: done[self.owner[n]] for n in self.linears}
+
+    def probes(self) -> dict[str, Tensor | None]:
+        """Per linear name, up to ``probe_rows`` rows of its (dense-pass) input, for reconstruction errors."""
+        return {n: self.acc[self.owner[n]].probe for n in self.linears}

@@ -1,0 +1,99 @@
+"""The layer-sequential driver on a tiny Llama: data flow between layers, 2:4 output, target selection, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from sparse24.prune.base import get_pruner
+from sparse24.prune.driver import PruneOptions, matches, prune_layers
+from sparse24.prune.resume import WorkState
+from sparse24.prune.wanda import WandaPruner
+
+
+class SpyWanda(WandaPruner):
+    """Wanda that records the statistics it was handed, in call order."""
+
+    def __init__(self, sequential: bool = True) -> None:
+        self.seen: list = []
+        self.sequential = sequential
+
+    def prune(self, weight, stats):
+        self.seen.append(stats)
+        return super().prune(weight, stats)
+
+
+def _q_inputs(model: nn.Module, calib: torch.Tensor, layer: int) -> torch.Tensor:
+    """Inputs of layer ``layer``'s q_proj for every calibration sample, from a plain full-model forward."""
+    got = []
+    h = model.model.layers[layer].self_attn.q_proj.register_forward_hook(lambda m, i, o: got.append(i[0]))
+    with torch.no_grad():
+        for s in range(calib.shape[0]):
+            model(input_ids=calib[s : s + 1])
+    h.remove()
+    return torch.cat(got).reshape(-1, got[0].shape[-1]).double()  # [tokens, hidden]
+
+
+def _load(folder):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+
+
+@pytest.mark.parametrize("sequential", [True, False])
+def test_next_layer_is_fed_by_the_pruned_or_dense_layer(tiny_model_dir, tmp_path, sequential):
+    from sparse24.prune.export import assemble
+
+    calib = torch.randint(0, 300, (6, 24))
+    spy = SpyWanda(sequential)
+    out = prune_layers(tiny_model_dir, spy, calib, PruneOptions(batch_size=4, progress=False),
+                       WorkState(tmp_path / "w", {"t": 1}))
+    per_layer = len(spy.seen) // 2  # 7 linears per layer, 2 layers
+    q_stats_layer1 = spy.seen[per_layer]  # first linear of layer 1 is q_proj
+    pruned, dense = assemble(tiny_model_dir, out), _load(tiny_model_dir)
+    x_pruned, x_dense = _q_inputs(pruned, calib, 1), _q_inputs(dense, calib, 1)
+    ref = (x_pruned if sequential else x_dense).square().sum(0) / calib.shape[0]
+    other = (x_dense if sequential else x_pruned).square().sum(0) / calib.shape[0]
+    torch.testing.assert_close(q_stats_layer1.sqnorm, ref, rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(q_stats_layer1.sqnorm, other, rtol=1e-3)
+    # layer 0 sees the embeddings either way
+    torch.testing.assert_close(spy.seen[0].sqnorm, _q_inputs(dense, calib, 0).square().sum(0) / 6, rtol=1e-4,
+                               atol=1e-6)
+
+
+def test_every_target_is_24_and_the_rest_untouched(tiny_model_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    calib = torch.randint(0, 300, (4, 16))
+    opts = PruneOptions(targets=["*.mlp.*", "*.q_proj"], ignore=["*.1.mlp.down_proj"], progress=False)
+    out = prune_layers(tiny_model_dir, get_pruner("sparsegpt"), calib, opts, WorkState(tmp_path / "w", {}))
+    names = sorted(out.weights)
+    assert "model.layers.1.mlp.down_proj" not in names and "model.layers.0.mlp.down_proj" in names
+    assert all(n.endswith(("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj", "q_proj")) for n in names)
+    assert len(names) == 7
+    dense = load_file(str(tiny_model_dir / "model.safetensors"))
+    for n, w in out.weights.items():
+        assert ((w != 0).reshape(-1, 4).sum(-1) <= 2).all() and (out.masks[n].reshape(-1, 4).sum(-1) == 2).all()
+        assert not torch.equal(w, dense[n + ".weight"])
+    assert all(r["is_24"] and r["out_err"] > 0 for r in out.report)
+
+
+def test_matches_globs_and_regex():
+    assert matches("model.layers.0.mlp.up_proj", ["*.mlp.*"], [])
+    assert not matches("model.layers.0.mlp.up_proj", ["*"], ["re:.*up_proj"])
+    assert matches("model.layers.0.self_attn.k_proj", ["re:.*[qk]_proj"], [])
+
+
+def test_no_target_and_unknown_architecture_errors(tiny_model_dir, tmp_path):
+    opts = PruneOptions(targets=["*.nothing"], progress=False)
+    with pytest.raises(ValueError, match="select no linear"):
+        prune_layers(tiny_model_dir, get_pruner("magnitude"), None, opts, WorkState(tmp_path / "w", {}))
+    from sparse24.prune.model_io import decoder_layers
+
+    class Odd(nn.Module):
+        config = type("C", (), {"model_type": "gpt2"})()
+        transformer = nn.Module()
+
+    with pytest.raises(ValueError, match="gpt2.*not supported.*lacks model.layers"):
+        decoder_layers(Odd())
