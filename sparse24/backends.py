@@ -74,8 +74,9 @@ class Backend:
                 return f"GPU compute capability {cc} is below the required {info.min_capability}"
         return None
 
-    def prepare(self, w: Tensor) -> Any:
-        """Turn the masked dense weight ``[out, in]`` into what ``linear`` consumes (done once per step)."""
+    def prepare(self, w: Tensor, key: Any = None) -> Any:
+        """Turn the masked dense weight ``[out, in]`` into what ``linear`` consumes. A backend that packs may reuse
+        its result while ``key`` (layer identity + weight/mask versions) stays the same: once per optimizer step."""
         return w
 
     def linear(self, x: Tensor, prepared: Any, bias: Tensor | None) -> Tensor:

@@ -112,11 +112,18 @@ class SparseLinear(nn.Module):
 
     # ---- masks -----------------------------------------------------------------------------------------------
     def compute_mask(self) -> Tensor:
-        """The mask the method wants for the current dense weight."""
+        """The mask the method wants for the current dense weight (a Triton kernel on CUDA, else pure torch)."""
         w = self.weight.detach()
-        if getattr(self.config, "transposable", False):
-            return transposable_mask_24(w)
-        return magnitude_mask_24(w)
+        transposable = getattr(self.config, "transposable", False)
+        if w.is_cuda and w.dtype != torch.float64:
+            try:
+                from sparse24.kernels import mask24, transposable_mask
+                from sparse24.kernels._utils import HAS_TRITON
+            except ImportError:
+                HAS_TRITON = False
+            if HAS_TRITON:
+                return transposable_mask.transposable_mask(w)[1] if transposable else mask24.mask24(w)[1]
+        return transposable_mask_24(w) if transposable else magnitude_mask_24(w)
 
     @torch.no_grad()
     def refresh_mask(self) -> Tensor:
@@ -165,7 +172,8 @@ class SparseLinear(nn.Module):
                                  tokens=x.numel() // max(self.in_features, 1))
         mvue, fp8 = getattr(cfg, "mvue", False), getattr(cfg, "fp8", False)
         gen = self.generator() if mvue and torch.is_grad_enabled() else None
-        return SparseMatmul.apply(x, w, self.bias, backend, backend.prepare(w.detach()), gen, mvue, fp8)
+        key = (id(self), self.weight._version, self.mask._version, self.scale._version)  # changes after each step
+        return SparseMatmul.apply(x, w, self.bias, backend, backend.prepare(w.detach(), key=key), gen, mvue, fp8)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
