@@ -127,3 +127,13 @@ def finish(args: argparse.Namespace, op: str, device: str, rows: list[dict[str, 
     print_table(rows, metric)
     print(f"wrote {path}")
     return 0
+
+
+def main(doc: str | None, run: Callable[[argparse.Namespace], tuple[str, list[dict[str, object]]]], op: str,
+         metric: str, argv: list[str] | None = None) -> int:
+    """The shared ``main`` of every bench script: common flags → ``run(args)`` → CSV + table."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    common_args(ap)
+    args = ap.parse_args(argv)
+    device, rows = run(args)
+    return finish(args, op, device, rows, metric)

@@ -75,11 +75,7 @@ def run(args: argparse.Namespace) -> tuple[str, list[dict]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    H.common_args(ap)
-    args = ap.parse_args(argv)
-    device, rows = run(args)
-    return H.finish(args, "gemm", device, rows, "ms")
+    return H.main(__doc__, run, "gemm", "ms", argv)
 
 
 if __name__ == "__main__":

@@ -74,11 +74,7 @@ def _gbps(ms: tuple[float, float, float], nbytes: int) -> tuple[float, float, fl
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    H.common_args(ap)
-    args = ap.parse_args(argv)
-    device, rows = run(args)
-    return H.finish(args, "kernels", device, rows, "GB/s")
+    return H.main(__doc__, run, "kernels", "GB/s", argv)
 
 
 if __name__ == "__main__":
