@@ -199,6 +199,7 @@ class CusparseltFP8Backend(_Sparse):
     info = BackendInfo("cusparselt_fp8", ("cuda",), HALF, min_shape=(32, 32), multiple=(32, 32),
                        min_capability=(9, 0), priority=5)
     dense_min = 16
+    native_fp8 = True  # SparseLinear routes SSTEConfig(fp8=True) here on Hopper instead of simulating
 
     def available(self) -> str | None:
         return _BF16.available()

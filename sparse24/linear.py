@@ -168,12 +168,26 @@ class SparseLinear(nn.Module):
         else:
             decay = cfg.decay if isinstance(cfg, SRSTEConfig) and cfg.decay_placement == "autograd" else 0.0
             w = MaskSTE.apply(self.weight, self.mask, decay)
-        backend = select_backend(self.backend, (self.out_features, self.in_features), w.dtype, w.device,
-                                 tokens=x.numel() // max(self.in_features, 1))
+        shape, tokens = (self.out_features, self.in_features), x.numel() // max(self.in_features, 1)
         mvue, fp8 = getattr(cfg, "mvue", False), getattr(cfg, "fp8", False)
+        backend = self._fp8_backend(shape, w, tokens) if fp8 and self.backend == "auto" else None
+        backend = backend or select_backend(self.backend, shape, w.dtype, w.device, tokens=tokens)
+        fp8 = fp8 and not getattr(backend, "native_fp8", False)  # a native FP8 backend quantises itself
         gen = self.generator() if mvue and torch.is_grad_enabled() else None
         key = (id(self), self.weight._version, self.mask._version, self.scale._version)  # changes after each step
         return SparseMatmul.apply(x, w, self.bias, backend, backend.prepare(w.detach(), key=key), gen, mvue, fp8)
+
+    @staticmethod
+    def _fp8_backend(shape: tuple[int, int], w: Tensor, tokens: int):
+        """With ``fp8=True`` and ``backend="auto"``: a native FP8 sparse backend where one can run, else None
+        (then the GEMMs are simulated by quantise/dequantise)."""
+        from sparse24.backends import BACKENDS, get_backend
+
+        get_backend("dense")  # loads the GPU backends
+        for b in BACKENDS.values():
+            if getattr(b, "native_fp8", False) and b.check(shape, w.dtype, w.device) is None:
+                return b
+        return None
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "

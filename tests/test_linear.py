@@ -167,3 +167,28 @@ def test_torch_compile_traces_sparse_linear():
     x = torch.randn(4, 16)
     compiled = torch.compile(sl, backend="eager", fullgraph=False)
     torch.testing.assert_close(compiled(x), sl(x))
+
+
+def test_native_fp8_backend_is_not_simulated_twice():
+    from sparse24.backends import BACKENDS, BackendInfo, register_backend
+
+    class FakeFP8(DenseBackend):
+        info = BackendInfo("fake_fp8", ("cpu",), (torch.float32,), priority=10**6)
+        native_fp8 = True
+        seen: list = []
+
+        def linear(self, x, prepared, bias):
+            self.seen.append(x)
+            return F.linear(x, prepared, bias)
+
+    fake = register_backend(FakeFP8())
+    try:
+        sl = SparseLinear.from_dense(nn.Linear(16, 8), SSTEConfig(fp8=True))
+        x = torch.randn(4, 16)
+        y = sl(x)  # auto: the native FP8 backend wins over simulation where it can run
+        assert torch.equal(fake.seen[-1], x)  # got the unquantised input: no double quantisation
+        torch.testing.assert_close(y, F.linear(x, sl.sparse_weight(), sl.bias))
+        sl.backend = "dense"  # forcing a non-FP8 backend keeps the simulation
+        assert not torch.equal(sl(x), y)
+    finally:
+        del BACKENDS["fake_fp8"]
