@@ -41,7 +41,16 @@ def load_for_eval(spec: str | Path | None, device: str = "cpu",
     info: dict[str, Any] = {"model": str(folder), "sparse24": False}
     if (folder / CONFIG_NAME).is_file():
         record = read_sparse24_config(folder)
-        model = load_sparse(folder, device=device, dtype=dtype)
+        if record.get("method") == "armor":  # ArmorLinear modules (block-diagonal factors around a 2:4 core)
+            from sparse24.prune.armor_linear import load_armor
+
+            model = load_armor(folder, device=device, dtype=dtype)
+        elif record.get("extra", {}).get("slorb"):  # AST: 2:4 modules plus SLoRB low-rank terms
+            from sparse24.prune.slorb import load_slorb_model
+
+            model = load_slorb_model(folder, device=device, dtype=dtype)
+        else:
+            model = load_sparse(folder, device=device, dtype=dtype)
         info.update(sparse24=True, method=record.get("extra", {}).get("method", record.get("method")),
                     compressed=bool(record.get("compressed")))
         tok_dir = folder if (folder / "tokenizer_config.json").is_file() else record.get("extra", {}).get("model_dir")

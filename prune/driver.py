@@ -48,6 +48,10 @@ class PruneOutcome:
     weights: dict[str, Tensor]
     masks: dict[str, Tensor]
     report: list[dict[str, Any]]
+    extras: dict[str, dict[str, Tensor]] = field(default_factory=dict)  # ARMOR: {name: {a_blocks, b_blocks, core}}
+
+
+EXTRA_LEAVES = ("a_blocks", "b_blocks", "core")  # per-linear tensors a pruner may return besides weight and mask
 
 
 def matches(name: str, targets: list[str], ignore: list[str]) -> bool:
@@ -133,11 +137,15 @@ def _run_layer(layer: nn.Module, hidden: Tensor, kwargs: dict[str, Any], batch: 
     return out
 
 
-def _errors(w: Tensor, new: Tensor, mask: Tensor, probe: Tensor | None) -> dict[str, Any]:
-    """Relative weight error ‖ΔW‖²/‖W‖² and output error ‖XΔWᵀ‖²/‖XWᵀ‖² on probe rows of the dense-pass input."""
+def _errors(w: Tensor, new: Tensor, mask: Tensor, probe: Tensor | None,
+            sparse: Tensor | None = None) -> dict[str, Any]:
+    """Relative weight error ‖ΔW‖²/‖W‖² and output error ‖XΔWᵀ‖²/‖XWᵀ‖² on probe rows of the dense-pass input.
+
+    ``sparse`` is the tensor that must be 2:4 (default ``new``; ARMOR's ``new`` is the dense ``A·core·B``)."""
     w64, d64 = w.double(), (w.double() - new.double())
+    sparse = new if sparse is None else sparse
     row = {"weight_err": float(d64.square().sum() / w64.square().sum().clamp(min=1e-30)),
-           "is_24": bool(is_24(new)) and bool((mask.reshape(-1, 4).sum(-1) == 2).all())}
+           "is_24": bool(is_24(sparse)) and bool((mask.reshape(-1, 4).sum(-1) == 2).all())}
     if probe is not None:
         x = probe.double()  # [P, in]
         row["out_err"] = float((x @ d64.t()).square().sum() / (x @ w64.t()).square().sum().clamp(min=1e-30))
@@ -165,10 +173,12 @@ def _prune_layer(index: int, layer: nn.Module, names: dict[str, str], pruner: Pr
         res = pruner.prune(w, stats[full])
         if res.weight.shape != w.shape or res.mask.shape != w.shape or res.mask.dtype != torch.bool:
             raise RuntimeError(f"pruner {pruner.name!r} returned bad shapes/dtypes for {full}")
-        rows.append({"layer": index, "name": full, "shape": list(w.shape), **_errors(w, res.weight, res.mask,
-                                                                                     probes[full])})
+        extra = getattr(res, "extra", None) or {}
+        rows.append({"layer": index, "name": full, "shape": list(w.shape),
+                     **_errors(w, res.weight, res.mask, probes[full], extra.get("core"))})
         lin.weight.copy_(res.weight.to(w.dtype))
         tensors[full + ".weight"], tensors[full + ".mask"] = lin.weight.detach(), res.mask
+        tensors.update({f"{full}.{k}": t for k, t in extra.items()})
     if hidden is None:
         return None, tensors, rows
     nxt = _run_layer(layer, hidden, kwargs, opts.batch_size, None, True) if pruner.sequential else dense_out
@@ -218,10 +228,14 @@ def prune_layers(model_dir: Path, pruner: Pruner, calib: Tensor | None, opts: Pr
         layer.to("meta")
         if on_layer_done is not None:
             on_layer_done(i)
-    weights, masks, report = {}, {}, []
+    weights, masks, report, extras = {}, {}, [], {}
     for i in range(len(layers)):
         tensors, rep = state.load_layer(i)
         report += rep.get("rows", [])
         for key, t in tensors.items():
-            (masks if key.endswith(".mask") else weights)[key.rpartition(".")[0]] = t
-    return PruneOutcome(weights, masks, report)
+            name, _, leaf = key.rpartition(".")
+            if leaf in EXTRA_LEAVES:
+                extras.setdefault(name, {})[leaf] = t
+            else:
+                (masks if leaf == "mask" else weights)[name] = t
+    return PruneOutcome(weights, masks, report, extras)

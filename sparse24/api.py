@@ -162,11 +162,12 @@ def update_masks(model: nn.Module, tracker: FlipTracker | None = None) -> dict[s
 
 
 @torch.no_grad()
-def apply_masked_decay(model: nn.Module, lr: float | None = None) -> None:
+def apply_masked_decay(model: nn.Module, lr: float | None = None, scale: float = 1.0) -> None:
     """SR-STE masked decay for layers whose config places it outside autograd.
 
     ``decay_placement="grad"``: ``W.grad += λ(1−M)⊙W`` (call after clipping, before ``optimizer.step()``).
     ``decay_placement="weight"``: ``W -= lr·λ(1−M)⊙W`` (call after ``optimizer.step()``, with ``lr``).
+    ``λ = config.decay · scale``: ``scale`` lets a schedule (AST's linear λ ramp) vary λ without new configs.
     """
     for _, m in sparse_modules(model):
         cfg = m.config
@@ -174,9 +175,9 @@ def apply_masked_decay(model: nn.Module, lr: float | None = None) -> None:
             continue
         w = m.weight
         if cfg.decay_placement == "grad" and lr is None and w.grad is not None:
-            w.grad.add_(w * ~m.mask, alpha=cfg.decay)
+            w.grad.add_(w * ~m.mask, alpha=cfg.decay * scale)
         elif cfg.decay_placement == "weight" and lr is not None:
-            w.sub_(w * ~m.mask, alpha=lr * cfg.decay)
+            w.sub_(w * ~m.mask, alpha=lr * cfg.decay * scale)
 
 
 def set_dense_finetune(model: nn.Module, enable: bool = True) -> int:

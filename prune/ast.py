@@ -1,0 +1,325 @@
+"""AST (Adaptive Sparse Trainer, arXiv 2407.20584; algorithms.md §4): retrain a dense LM into 2:4 with distillation.
+
+One optimizer step (run by :class:`sparse24.train.loop.Trainer`):
+
+1. loss ``α_task·CE + α_kl·KL_T + α_hid·Σ_l mean((h_s−h_t)²)/mean(h_t²)`` against the frozen dense teacher, T = 2;
+   the student forward is ``W⊙M`` (+ the SLoRB term, :mod:`sparse24.prune.slorb`), backward plain STE;
+2. clip, then **before** ``optimizer.step()``: ``W.grad += λ(t)(1−M)⊙W`` on the pruned weights only, with the linear
+   ramp ``λ(t) = λ_max·min(1, t/T_ramp)`` (``t`` = optimizer steps including this one). The formula lives in
+   :func:`sparse24.apply_masked_decay` (layers carry ``SRSTEConfig(decay=λ_max, decay_placement="grad")``; the hook
+   passes ``scale = λ(t)/λ_max``). The reference code's traps are avoided: the GPT-2 optimizer's bitwise NOT on int
+   masks (an anti-decay on every weight) and the Llama callback that may fire after the step;
+3. every ``mask_refresh`` (10) steps the masks are recomputed from the dense weights (2:4 magnitude).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sparse24.api import apply_masked_decay, sparse_modules, sparsify
+from sparse24.config import SRSTEConfig
+from sparse24.masks import magnitude_mask_24
+from sparse24.prune.base import LayerStats, PruneResult, Pruner, register_pruner
+from sparse24.prune.slorb import INITS, add_slorb
+
+__all__ = ["ASTConfig", "lambda_at", "distill_kl", "hidden_state_loss", "DistillLoss", "make_student",
+           "masks_from_pruned", "make_ast_trainer", "ramped_decay_hook", "ASTPruner", "run_ast"]
+
+
+@dataclass(frozen=True)
+class ASTConfig:
+    """AST hyperparameters; defaults follow the Llama-2-7B recipe (α_task 1, α_kl 0.5, T 2, λ_max 6e-5, k 16)."""
+
+    lambda_max: float = 6e-5
+    ramp_steps: int = 0  # T_ramp; 0: λ_max from the first step
+    mask_refresh: int = 10
+    alpha_task: float = 1.0
+    alpha_kl: float = 0.5
+    alpha_hid: float = 0.0
+    temperature: float = 2.0
+    slorb_group: int = 16  # 0: no SLoRB
+    slorb_init: str = "mean"
+    slorb_trainable_projection: bool = True
+    backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        for name in ("lambda_max", "ramp_steps", "alpha_task", "alpha_kl", "alpha_hid", "slorb_group"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"AST {name} must be >= 0, got {getattr(self, name)}")
+        if self.mask_refresh < 1:
+            raise ValueError(f"AST mask_refresh must be >= 1 (got {self.mask_refresh}); to keep the initial mask "
+                             "use a period longer than the run")
+        if self.temperature <= 0:
+            raise ValueError(f"AST temperature must be > 0, got {self.temperature}")
+        if self.slorb_init not in INITS:
+            raise ValueError(f"AST slorb_init {self.slorb_init!r}: choose one of {INITS}")
+
+    def sparse_config(self) -> SRSTEConfig:
+        """The per-layer config: plain 2:4 magnitude masks refreshed every ``mask_refresh`` steps, decay on grads."""
+        return SRSTEConfig(decay=self.lambda_max, decay_placement="grad", transposable=False,
+                           mask_refresh=self.mask_refresh, backend=self.backend)
+
+
+def lambda_at(t: int, lambda_max: float, ramp_steps: int) -> float:
+    """``λ(t) = λ_max·min(1, t/T_ramp)`` (``λ_max`` when ``T_ramp = 0``)."""
+    return lambda_max if ramp_steps <= 0 else lambda_max * min(1.0, t / ramp_steps)
+
+
+# ---- loss ----------------------------------------------------------------------------------------------------------
+def distill_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+    """``T²/n_tokens · Σ KL(softmax(z_t/T) ‖ softmax(z_s/T))`` over tokens and vocabulary (float32 math)."""
+    v = student_logits.shape[-1]
+    log_s = F.log_softmax(student_logits.float().reshape(-1, v) / temperature, dim=-1)  # [n, V]
+    log_t = F.log_softmax(teacher_logits.float().reshape(-1, v) / temperature, dim=-1)  # [n, V]
+    return (log_t.exp() * (log_t - log_s)).sum() * temperature**2 / log_s.shape[0]
+
+
+def hidden_state_loss(student: tuple[Tensor, ...], teacher: tuple[Tensor, ...]) -> Tensor:
+    """``Σ_l mean((h_s−h_t)²)/mean(h_t²)`` over the decoder-layer outputs (HF ``hidden_states[1:]``)."""
+    terms = [(s.float() - t.float()).square().mean() / t.float().square().mean().clamp(min=1e-12)
+             for s, t in zip(student[1:], teacher[1:], strict=True)]
+    return torch.stack(terms).sum()
+
+
+class DistillLoss:
+    """``loss_fn(model, batch)`` for the trainer; keeps per-step means of its parts for telemetry."""
+
+    def __init__(self, teacher: nn.Module, cfg: ASTConfig) -> None:
+        self.teacher, self.cfg = teacher.eval().requires_grad_(False), cfg
+        self.sums: dict[str, float] = {}
+        self.count = 0
+
+    def __call__(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+        cfg, hid = self.cfg, self.cfg.alpha_hid > 0
+        ids = batch["input_ids"]
+        s_out = model(input_ids=ids, output_hidden_states=hid, use_cache=False)
+        logits = s_out.logits  # [B, T, V]
+        parts = {"ce": F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), batch["labels"].reshape(-1))}
+        if cfg.alpha_kl > 0 or hid:  # the teacher runs only when a term needs it
+            with torch.no_grad():
+                t_out = self.teacher(input_ids=ids, output_hidden_states=hid, use_cache=False)
+        if cfg.alpha_kl > 0:
+            parts["kl"] = distill_kl(logits, t_out.logits, cfg.temperature)
+        if hid:
+            parts["hid"] = hidden_state_loss(s_out.hidden_states, t_out.hidden_states)
+        weights = {"ce": cfg.alpha_task, "kl": cfg.alpha_kl, "hid": cfg.alpha_hid}
+        if model.training:
+            for k, v in parts.items():
+                self.sums[k] = self.sums.get(k, 0.0) + float(v.detach())
+            self.count += 1
+        return sum(weights[k] * v for k, v in parts.items())
+
+    def pop_parts(self) -> dict[str, float]:
+        """Means of the parts since the last call (the micro-batches of one step)."""
+        out = {f"loss_{k}": v / max(self.count, 1) for k, v in self.sums.items()}
+        self.sums, self.count = {}, 0
+        return out
+
+
+# ---- model ---------------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def masks_from_pruned(model: nn.Module, folder: str | Path) -> dict[str, Tensor]:
+    """Initial masks from a one-shot pruned sparse24 folder (Wanda, SparseGPT, ...), for ``model``'s linears.
+
+    The kept pattern is the non-zeros of the pruned weight; a group with fewer than 2 non-zeros (a kept weight that is
+    exactly 0) is filled up by the dense weight's magnitude, so every group keeps exactly 2.
+    """
+    from sparse24.io import read_sparse24_config
+    from sparse24.prune.model_io import ShardReader
+
+    names = read_sparse24_config(folder)["modules"]
+    reader = ShardReader(folder)
+    masks = {}
+    for name in names:
+        dense = model.get_submodule(name).weight.detach()  # [out, in]
+        pruned = reader.get(f"{name}.weight", dense.device)
+        if pruned.shape != dense.shape:
+            raise ValueError(f"--init-mask {folder}: {name} has shape {tuple(pruned.shape)}, the model has "
+                             f"{tuple(dense.shape)}; prune the same model")
+        mag = dense.abs().double()
+        score = (pruned != 0).double() * (2 * mag.max() + 1) + mag  # kept first, then by |W|
+        masks[name] = magnitude_mask_24(score)
+    return masks
+
+
+def make_student(model: nn.Module, cfg: ASTConfig, init_masks: dict[str, Tensor] | None = None,
+                 filter_fn: Callable[[nn.Module, str], bool] | None = None) -> nn.Module:
+    """Make the dense ``model`` 2:4 in place (every linear but the head), set the initial masks, add SLoRB."""
+    sparsify(model, cfg.sparse_config(), filter_fn)
+    mods = dict(sparse_modules(model))
+    if not mods:
+        raise ValueError("AST: no linear layer became 2:4 (check --targets/--ignore)")
+    for name, mask in (init_masks or {}).items():
+        if name not in mods:
+            raise ValueError(f"initial mask for {name}, which is not a 2:4 layer of the student")
+        mods[name].mask.copy_(mask.to(mods[name].mask.device))
+    if cfg.slorb_group:
+        add_slorb(model, cfg.slorb_group, cfg.slorb_init, cfg.slorb_trainable_projection)
+    return model
+
+
+# ---- trainer -------------------------------------------------------------------------------------------------------
+def ramped_decay_hook(cfg: ASTConfig) -> Callable[[Any], dict[str, float]]:
+    """``before_optimizer_step`` hook: ``W.grad += λ(t)(1−M)⊙W`` with ``t`` = the step being taken (1-based)."""
+
+    def hook(trainer: Any) -> dict[str, float]:
+        lam = lambda_at(trainer.step + 1, cfg.lambda_max, cfg.ramp_steps)
+        if cfg.lambda_max > 0:
+            apply_masked_decay(trainer.model, scale=lam / cfg.lambda_max)
+        return {"lambda": lam}
+
+    return hook
+
+
+def make_ast_trainer(student: nn.Module, teacher: nn.Module, cfg: ASTConfig, train_cfg: Any, train_tokens: Tensor,
+                     val_tokens: Tensor | None = None, accelerator: Any = None,
+                     optimizer: torch.optim.Optimizer | None = None) -> Any:
+    """A :class:`~sparse24.train.loop.Trainer` running AST on random windows of ``train_tokens`` (1-D ids)."""
+    from sparse24.train.data import batch_at, val_batches
+    from sparse24.train.loop import Trainer
+
+    tc = train_cfg
+    val = val_batches(val_tokens, tc.batch_size, tc.seq_len, tc.eval_batches) if val_tokens is not None else None
+    loss = DistillLoss(teacher, cfg)
+    trainer = Trainer(student, tc, lambda i: batch_at(train_tokens, i, tc.batch_size, tc.seq_len, tc.seed), val,
+                      loss_fn=loss, accelerator=accelerator, optimizer=optimizer)
+    loss.teacher.to(trainer.accelerator.device)
+    trainer.before_optimizer_step = [ramped_decay_hook(cfg)]  # replaces the constant-λ default: one decay, ramped
+    trainer.after_step.append(lambda _t: loss.pop_parts())
+    tc.extra = {**tc.extra, "ast": dataclasses.asdict(cfg)}
+    return trainer
+
+
+# ---- command line (``sparse24 prune --method ast``) ----------------------------------------------------------------
+@register_pruner
+class ASTPruner(Pruner):
+    """Registry entry (``--method list``); the CLI runs :func:`run_ast`, not the layer-by-layer driver."""
+
+    name = "ast"
+    stats = "none"
+    summary = "retrain: distil from the dense model, masks every 10 steps, ramped decay, SLoRB (--steps ...)"
+
+    def prune(self, weight: Tensor, stats: LayerStats | None) -> PruneResult:
+        raise RuntimeError("AST retrains the whole model and cannot prune one layer; run `sparse24 prune --method "
+                           "ast` or sparse24.prune.ast.run_ast")
+
+
+def add_arguments(p: Any) -> None:
+    """The AST options, as an argument group of ``sparse24 prune`` (the shared ones: --model --calib --seqlen
+    --batch-size --seed --out --device --dtype --targets --ignore --compressed --overwrite --eval ...)."""
+    g = p.add_argument_group("AST retraining (--method ast: distil the dense model into 2:4, algorithms.md §4); "
+                             "--calib is the training text, --seqlen/--batch-size the window size and micro-batch")
+    g.add_argument("--steps", type=int, default=200, help="optimizer steps (default 200)")
+    g.add_argument("--lr", type=float, default=5e-5, help="peak AdamW lr, cosine to lr/10 (default 5e-5)")
+    g.add_argument("--warmup", type=float, default=0.05, help="warm-up fraction of --steps (default 0.05)")
+    g.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (default 1)")
+    g.add_argument("--lambda-max", type=float, default=6e-5, help="λ_max of the masked decay (default 6e-5)")
+    g.add_argument("--ramp", type=float, default=0.25, help="λ ramps linearly over this fraction of --steps "
+                   "(default 0.25, as 10k of 40k steps in the GPT-2 recipe)")
+    g.add_argument("--mask-every", type=int, default=10, help="recompute masks every N steps (default 10)")
+    g.add_argument("--alpha-task", type=float, default=1.0, help="weight of the CE loss (default 1)")
+    g.add_argument("--alpha-kl", type=float, default=0.5, help="weight of the KL to the teacher (default 0.5)")
+    g.add_argument("--alpha-hid", type=float, default=0.0, help="weight of the hidden-state loss (default 0)")
+    g.add_argument("--temperature", type=float, default=2.0, help="distillation temperature (default 2)")
+    g.add_argument("--slorb-group", type=int, default=16, help="SLoRB group size k; 0 turns SLoRB off (default 16)")
+    g.add_argument("--slorb-init", choices=INITS, default="mean", help="SLoRB S initialisation (default mean)")
+    g.add_argument("--slorb-fixed-projection", action="store_true", help="keep P the fixed group sum")
+    g.add_argument("--init-mask", default="magnitude", help="initial mask: magnitude (default) or a folder pruned "
+                   "by `sparse24 prune` (wanda, sparsegpt: only its mask is used, AST starts from dense weights)")
+    g.add_argument("--ckpt-every", type=int, default=50, help="checkpoint every N steps into <out>.ast-work/ "
+                   "(default 50); a restarted run resumes from the latest one")
+
+
+def config_from_args(args: Any) -> ASTConfig:
+    return ASTConfig(lambda_max=args.lambda_max, ramp_steps=int(round(args.ramp * args.steps)),
+                     mask_refresh=args.mask_every, alpha_task=args.alpha_task, alpha_kl=args.alpha_kl,
+                     alpha_hid=args.alpha_hid, temperature=args.temperature, slorb_group=args.slorb_group,
+                     slorb_init=args.slorb_init, slorb_trainable_projection=not args.slorb_fixed_projection)
+
+
+def _work_dir(args: Any, record: dict[str, Any]) -> Path:
+    """``<out>.ast-work`` holding checkpoints; refuses to resume a run made with other settings."""
+    import json
+    import shutil
+
+    work = Path(args.out).with_name(Path(args.out).name + ".ast-work")
+    if args.overwrite:
+        shutil.rmtree(work, ignore_errors=True)
+    old = work / "ast_run.json"
+    if old.is_file() and json.loads(old.read_text()) != json.loads(json.dumps(record, default=str)):
+        raise ValueError(f"{work} holds a partial AST run with other settings; rerun with the same arguments to "
+                         "resume it, or pass --overwrite to start over")
+    work.mkdir(parents=True, exist_ok=True)
+    old.write_text(json.dumps(record, indent=2, default=str))
+    return work
+
+
+def run_ast(args: Any) -> dict[str, Any]:
+    """The whole ``--method ast`` job: load, retrain (resumable), save with SLoRB; returns what ``quick_eval`` reads."""
+    import shutil
+    import time
+
+    from accelerate import Accelerator
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sparse24.eval.data import read_text, token_windows
+    from sparse24.eval.loading import resolve_device, resolve_dtype
+    from sparse24.io import CONFIG_NAME
+    from sparse24.prune.driver import matches
+    from sparse24.prune.export import check_all_24
+    from sparse24.prune.slorb import describe, save_slorb_model
+    from sparse24.train.loop import TrainConfig
+
+    out = Path(args.out)
+    if (out / CONFIG_NAME).exists() and not args.overwrite:
+        raise FileExistsError(f"{out} already holds a pruned model; pass --overwrite or choose another --out")
+    from sparse24.prune.model_io import resolve_model
+
+    model_dir, device = resolve_model(args.model), resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device) or torch.float32
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    ids = token_windows(tok, read_text(args.calib))  # [n]
+    n_val = max(2 * args.seqlen * args.batch_size + 1, len(ids) // 50)
+    if len(ids) < n_val + 2 * args.seqlen:
+        raise ValueError(f"--calib {args.calib} has {len(ids)} tokens: too few for --seqlen {args.seqlen}")
+    cfg = config_from_args(args)
+    tc = TrainConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seqlen, grad_accum=args.grad_accum,
+                     lr=args.lr, min_lr=args.lr / 10, warmup=args.warmup, weight_decay=0.0, clip=1.0, eval_batches=2,
+                     ckpt_every=args.ckpt_every, keep_checkpoints=1, seed=args.seed, progress=not args.no_progress)
+    record = {"model_dir": str(Path(model_dir).resolve()), "calib": args.calib, "calib_tokens": len(ids),
+              "targets": args.targets, "ignore": args.ignore, "init_mask": args.init_mask, "dtype": str(dtype),
+              "ast": dataclasses.asdict(cfg), "train": {k: v for k, v in dataclasses.asdict(tc).items()
+                                                        if k not in ("extra", "out_dir", "progress")}}
+    tc.out_dir = _work_dir(args, record)
+    tc.extra = dict(record)
+    teacher = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    student = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    masks = None if args.init_mask == "magnitude" else masks_from_pruned(student, args.init_mask)
+    make_student(student, cfg, masks, lambda m, fqn: isinstance(m, nn.Linear) and matches(fqn, args.targets,
+                                                                                          args.ignore))
+    trainer = make_ast_trainer(student, teacher, cfg, tc, ids[:-n_val], ids[-n_val:],
+                               accelerator=Accelerator(cpu=device == "cpu"))
+    t0 = time.time()
+    history = trainer.fit(resume="auto")
+    model = trainer.unwrapped.eval()
+    last = history[-1] if history else {}
+    extra = {"method": "ast", **record, "tokens_trained": trainer.tokens, "train_seconds_this_session":
+             round(time.time() - t0, 1), "final": {k: last.get(k) for k in ("step", "loss", "val_loss")},
+             "slorb_params": describe(model)}
+    save_slorb_model(model, out, compressed=args.compressed, overwrite=True, extra=extra)
+    tok.save_pretrained(out)
+    if (tc.out_dir / "metrics.jsonl").is_file():
+        shutil.copy(tc.out_dir / "metrics.jsonl", out / "ast_metrics.jsonl")
+    shutil.rmtree(tc.out_dir, ignore_errors=True)
+    print(f"AST: {trainer.step} steps, {trainer.tokens} tokens, final loss {last.get('loss')}, val "
+          f"{last.get('val_loss')}; saved to {out} (load with sparse24.prune.slorb.load_slorb_model)")
+    ok, total = check_all_24(model)
+    return {"model": model, "tokenizer": tok, "model_dir": model_dir, "extra": extra, "ok": ok, "total": total}

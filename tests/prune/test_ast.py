@@ -1,0 +1,255 @@
+"""AST (algorithms.md §4) against independent references: float64 formulas, torch's AdamW, an uninterrupted run."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from sparse24 import MagnitudeConfig, SparseLinear
+from sparse24.api import sparse_modules
+from sparse24.demo import byte_tokens, shipped_text
+from sparse24.masks import magnitude_mask_24
+from sparse24.prune.ast import ASTConfig, DistillLoss, distill_kl, lambda_at, make_ast_trainer, make_student
+from sparse24.prune.slorb import SLoRBLinear, load_slorb_model, merge_slorb, save_slorb_model, without_slorb
+from sparse24.train.data import batch_at
+from sparse24.train.loop import TrainConfig
+
+TOKENS = byte_tokens(shipped_text())
+
+
+def random_mask_24(out_f: int, in_f: int) -> torch.Tensor:
+    """A random (not magnitude) 2:4 mask: 2 of every 4 chosen uniformly."""
+    keep = torch.rand(out_f, in_f // 4, 4).argsort(-1) < 2  # [out, in/4, 4]
+    return keep.reshape(out_f, in_f)
+
+
+def softmax64(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def test_kl_matches_float64_formula():
+    b, t, v = random.randint(1, 3), random.randint(1, 7), random.randint(2, 50)
+    temp = random.choice([1.0, 2.0, 3.7])
+    zs, zt = torch.randn(b, t, v) * 3, torch.randn(b, t, v) * 3
+    ps, pt = softmax64(zs.double().numpy() / temp), softmax64(zt.double().numpy() / temp)
+    ref = sum(float(np.sum(pt[i, j] * (np.log(pt[i, j]) - np.log(ps[i, j])))) for i in range(b) for j in range(t))
+    ref *= temp**2 / (b * t)
+    assert distill_kl(zs, zt, temp).item() == pytest.approx(ref, rel=1e-5, abs=1e-6)
+    assert distill_kl(zt, zt, temp).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_distill_loss_matches_formula(tiny_llama):
+    teacher = tiny_llama(2, 64, 256, seed=random.randrange(1000))
+    student = make_student(copy.deepcopy(teacher), ASTConfig(slorb_group=8))
+    cfg = ASTConfig(alpha_task=random.random(), alpha_kl=random.random(), alpha_hid=random.random(), temperature=2.0)
+    ids = torch.randint(0, 256, (2, 12))
+    labels = torch.randint(0, 256, (2, 12))
+    got = DistillLoss(teacher, cfg)(student, {"input_ids": ids, "labels": labels})
+    with torch.no_grad():
+        s = student(input_ids=ids, output_hidden_states=True)
+        t = teacher(input_ids=ids, output_hidden_states=True)
+    zs, zt = s.logits.double().reshape(-1, 256).numpy(), t.logits.double().reshape(-1, 256).numpy()
+    ce = float(np.mean(-np.log(softmax64(zs)[np.arange(24), labels.reshape(-1).numpy()])))
+    ps, pt = softmax64(zs / 2), softmax64(zt / 2)
+    kl = 4.0 * float(np.sum(pt * (np.log(pt) - np.log(ps)))) / 24
+    hid = sum(float(((a.double() - b.double()) ** 2).mean() / (b.double() ** 2).mean())
+              for a, b in zip(s.hidden_states[1:], t.hidden_states[1:]))
+    ref = cfg.alpha_task * ce + cfg.alpha_kl * kl + cfg.alpha_hid * hid
+    assert got.item() == pytest.approx(ref, rel=1e-5)
+
+
+@pytest.mark.parametrize("trainable", [True, False])
+def test_slorb_initial_output_is_group_mean_of_removed_weights(trainable):
+    k = random.choice([4, 8, 16])
+    n, d, tokens = random.randint(3, 9), k * random.randint(1, 4), random.randint(1, 6)
+    lin = nn.Linear(d, n, bias=True)
+    sparse = SparseLinear.from_dense(lin, MagnitudeConfig())
+    mask = random_mask_24(n, d)
+    sparse.mask.copy_(mask)
+    mod = SLoRBLinear(sparse, k, "mean", trainable)
+    x = torch.randn(tokens, d)
+    w, m, xb, b = (t.detach().double().numpy() for t in (lin.weight, mask, x, lin.bias))
+    ref = np.zeros((tokens, n))
+    for i in range(n):
+        for r in range(d // k):
+            cols = range(r * k, (r + 1) * k)
+            s_ir = sum(w[i, c] * (1 - m[i, c]) for c in cols) / k
+            for tk in range(tokens):
+                ref[tk, i] += s_ir * sum(xb[tk, c] for c in cols)
+        ref[:, i] += xb @ (w[i] * m[i]) + b[i]
+    np.testing.assert_allclose(mod(x).detach().double().numpy(), ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose((x @ mod.merged_weight().t() + lin.bias).detach().numpy(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_lambda_ramp_formula():
+    lam, ramp = random.uniform(1e-6, 1e-3), random.randint(1, 50)
+    for t in [1, ramp // 2, ramp, ramp + 1, 10 * ramp]:
+        assert lambda_at(t, lam, ramp) == pytest.approx(lam * min(1.0, t / ramp), rel=1e-12)
+    assert lambda_at(1, lam, 0) == lam
+
+
+def _build(tiny_llama, cfg: ASTConfig, tc: TrainConfig, optimizer_fn=None):
+    model = tiny_llama(2, 64, 256, seed=0)
+    teacher = copy.deepcopy(model)
+    make_student(model, cfg)
+    opt = optimizer_fn(model) if optimizer_fn else None
+    return make_ast_trainer(model, teacher, cfg, tc, TOKENS[:-3000], TOKENS[-3000:], optimizer=opt), teacher
+
+
+def test_decay_before_optimizer_step_on_pruned_weights_only(tiny_llama):
+    """One AdamW step equals torch's AdamW fed ∇L + λ(1)(1−M)⊙W; decay after the step or on kept weights fails."""
+    cfg = ASTConfig(lambda_max=random.uniform(0.1, 1.0), ramp_steps=4, slorb_group=8)
+    tc = TrainConfig(steps=1, batch_size=2, seq_len=16, lr=1e-3, warmup=0, weight_decay=0.0, clip=0.0,
+                     eval_batches=1, progress=False)
+    trainer, teacher = _build(tiny_llama, cfg, tc)
+    ref = copy.deepcopy(trainer.model)
+    before = {n: p.detach().clone() for n, p in ref.named_parameters()}
+    trainer.fit()
+    assert trainer.history[0]["lambda"] == pytest.approx(cfg.lambda_max / 4)
+    lam = cfg.lambda_max / 4
+    results = {}
+    for decay in (lam, 0.0):
+        model = copy.deepcopy(ref)
+        DistillLoss(teacher, cfg)(model, batch_at(TOKENS[:-3000], 0, 2, 16, tc.seed)).backward()
+        with torch.no_grad():
+            for _, m in sparse_modules(model):
+                m.weight.grad += decay * m.weight * ~m.mask
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3, betas=(0.9, 0.95),
+                                eps=1e-8, weight_decay=0.0)
+        opt.step()
+        results[decay] = dict(model.named_parameters())
+    got = dict(trainer.model.named_parameters())
+    for name, p in got.items():
+        torch.testing.assert_close(p.detach(), results[lam][name].detach(), rtol=0, atol=1e-6)
+    pruned_moved = kept_moved = 0.0
+    for fqn, m in sparse_modules(trainer.model):
+        w = fqn + ".weight"
+        diff = (results[lam][w] - results[0.0][w]).abs().detach()
+        pruned_moved = max(pruned_moved, float(diff[~m.mask].max()))
+        kept_moved = max(kept_moved, float(diff[m.mask].max()))
+        assert not torch.equal(got[w].detach(), before[w])
+    assert pruned_moved > 1e-5 and kept_moved == 0.0  # the decay changes pruned weights and nothing else
+
+
+class _Kill(Exception):
+    pass
+
+
+def _losses(path) -> dict[int, float]:
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows}
+
+
+def test_resumed_run_is_bit_identical(tiny_llama, tmp_path):
+    cfg = ASTConfig(lambda_max=0.05, ramp_steps=3, mask_refresh=2, slorb_group=8)
+
+    def tc(out):
+        return TrainConfig(steps=6, batch_size=2, seq_len=16, lr=3e-3, warmup=0.2, weight_decay=0.0, ckpt_every=2,
+                           eval_batches=1, out_dir=out, progress=False)
+
+    full, _ = _build(tiny_llama, cfg, tc(tmp_path / "a"))
+    full.fit()
+    assert [r["lambda"] for r in full.history] == pytest.approx([0.05 * min(1, t / 3) for t in range(1, 7)])
+    for _, m in sparse_modules(full.model):  # step 6 refreshed every mask from the dense weights
+        assert torch.equal(m.mask, magnitude_mask_24(m.weight.detach()))
+    killed, _ = _build(tiny_llama, cfg, tc(tmp_path / "b"))
+
+    def kill(t):
+        if t.step == 5:
+            raise _Kill
+
+    killed.after_step.append(kill)
+    with pytest.raises(_Kill):
+        killed.fit()
+    resumed, _ = _build(tiny_llama, cfg, tc(tmp_path / "b"))
+    resumed.fit(resume="auto")
+    assert resumed.history[0]["step"] == 5
+    a, b = _losses(tmp_path / "a" / "metrics.jsonl"), _losses(tmp_path / "b" / "metrics.jsonl")
+    assert list(a) == list(range(1, 7)) and a == b
+    sa, sb = full.unwrapped.state_dict(), resumed.unwrapped.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_save_load_roundtrip_and_plain_hf_part(tiny_llama, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = make_student(tiny_llama(2, 64, 256, seed=random.randrange(1000)), ASTConfig(slorb_group=8))
+    ids = torch.randint(0, 256, (1, 10))
+    with torch.no_grad():
+        want = model(input_ids=ids).logits
+        with without_slorb(model):
+            bare = model(input_ids=ids).logits
+        save_slorb_model(model, tmp_path / "ast", compressed=True)
+        got = load_slorb_model(tmp_path / "ast")(input_ids=ids).logits
+        plain = AutoModelForCausalLM.from_pretrained(tmp_path / "ast")(input_ids=ids).logits
+        merged = merge_slorb(copy.deepcopy(model))(input_ids=ids).logits
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(merged, want, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(plain, bare, rtol=1e-5, atol=1e-5)  # plain HF: the 2:4 part only
+    assert not math.isclose(float((want - bare).abs().max()), 0.0, abs_tol=1e-6)
+
+
+def test_cli_method_ast_end_to_end(tiny_llama, tmp_path):
+    """``sparse24 prune --method ast`` on a tiny local model: resumable run, 2:4 + SLoRB folder, clear errors."""
+    from transformers import PreTrainedTokenizerFast
+
+    from sparse24.cli import main
+    from sparse24.io import read_sparse24_config
+    from sparse24.masks import is_24
+    from sparse24.train.data import train_bpe
+
+    text = shipped_text()
+    tok = PreTrainedTokenizerFast(tokenizer_object=train_bpe(text.split("\n\n"), 300))
+    model = tiny_llama(2, 64, len(tok), seed=1)
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    (tmp_path / "calib.txt").write_text(text)
+    argv = ["prune", "--method", "ast", "--model", str(tmp_path / "m"), "--calib", str(tmp_path / "calib.txt"),
+            "--seqlen", "16", "--batch-size", "2", "--steps", "3", "--slorb-group", "8", "--ckpt-every", "2",
+            "--out", str(tmp_path / "out"), "--no-progress"]
+    assert main(argv) == 0
+    extra = read_sparse24_config(tmp_path / "out")["extra"]
+    assert extra["method"] == "ast" and extra["tokens_trained"] == 3 * 2 * 16 and extra["slorb"]["modules"]
+    loaded = load_slorb_model(tmp_path / "out")
+    assert all(is_24(m.sparse_weight()) for _, m in sparse_modules(loaded))
+    from sparse24.eval.loading import load_for_eval
+
+    evaluated, _, info = load_for_eval(tmp_path / "out")  # `sparse24 eval` sees the SLoRB terms too
+    assert info["method"] == "ast" and any(isinstance(m, SLoRBLinear) for m in evaluated.modules())
+    assert main(argv) == 2  # the folder exists: refuses without --overwrite
+
+
+def test_initial_masks_from_a_pruned_folder(tiny_llama, tmp_path):
+    """Kept = non-zeros of the pruned weight; groups short of 2 (a kept weight exactly 0) filled by dense |W|."""
+    from sparse24 import save_sparse, sparsify
+    from sparse24.prune.ast import masks_from_pruned
+
+    dense = tiny_llama(2, 64, 256, seed=random.randrange(1000))
+    pruned = sparsify(copy.deepcopy(dense), MagnitudeConfig())
+    names = [n for n, _ in sparse_modules(pruned)]
+    for _, m in sparse_modules(pruned):
+        m.mask.copy_(random_mask_24(*m.mask.shape))
+        with torch.no_grad():  # zero some kept weights: their groups keep fewer than 2 non-zeros
+            m.weight[(torch.rand_like(m.weight) < 0.1) & m.mask] = 0.0
+    save_sparse(pruned, tmp_path / "p")
+    masks = masks_from_pruned(dense, tmp_path / "p")
+    assert sorted(masks) == sorted(names)
+    for name in random.sample(names, 2):
+        w = dense.get_submodule(name).weight.detach().numpy()
+        nz = (pruned.get_submodule(name).sparse_weight() != 0).numpy()
+        ref = np.zeros_like(nz)
+        for i in range(w.shape[0]):
+            for g in range(0, w.shape[1], 4):
+                keep = [c for c in range(g, g + 4) if nz[i, c]]
+                rest = sorted((c for c in range(g, g + 4) if not nz[i, c]), key=lambda c: abs(w[i, c]), reverse=True)
+                for c in (keep + rest)[:2]:
+                    ref[i, c] = True
+        assert np.array_equal(masks[name].numpy(), ref)
