@@ -44,7 +44,7 @@ def test_regular_install_contains_subpackages(tmp_path):
 
 def test_editable_install_maps_to_repo_folders(tmp_path):
     prefix = tmp_path / "prefix"
-    _pip("--prefix", str(prefix), "-e", str(ROOT))
+    _pip("--ignore-installed", "--prefix", str(prefix), "-e", str(ROOT))  # never touch the running env's install
     site_dir = next(prefix.glob("lib/python*/site-packages"))
     files = _probe(site_dir, tmp_path)
     for sub in SUBPACKAGES:
