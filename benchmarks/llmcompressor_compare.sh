@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
 # Side by side with llm-compressor 0.14 (SparseGPTModifier / WandaPruningModifier, mask_structure="2:4") on the same
-# model, calibration windows and eval text. llm-compressor goes into ITS OWN venv (never /work/main/.venv).
-#   bash benchmarks/llmcompressor_compare.sh [NSAMPLES] [SEQLEN] [THREADS]
-# NOT YET RUN (see the report); numbers it prints are the ones to put in results/pruning_quality.md.
+# model, calibration windows and perplexity windows as benchmarks/pruning_quality.py. llm-compressor goes into ITS
+# OWN venv under /tmp (never /work/main/.venv). Threads are pinned (torch + OMP/MKL) to THREADS for both tools.
+#   bash benchmarks/llmcompressor_compare.sh [NSAMPLES=32] [SEQLEN=512] [THREADS=2]
+# Writes benchmarks/results/llmcompressor_compare.md (+ .json). Work files: $WORK (default out/llmc).
 set -euo pipefail
-NS=${1:-128}; SL=${2:-2048}; TH=${3:-2}
-ROOT=$(cd "$(dirname "$0")/.." && pwd); WORK=${WORK:-$ROOT/out/llmc}; VENV=$WORK/venv
+NS=${1:-32}; SL=${2:-512}; TH=${3:-2}
+ROOT=$(cd "$(dirname "$0")/.." && pwd); WORK=${WORK:-$ROOT/out/llmc}; VENV=${VENV:-/tmp/llmc-venv}
+export OMP_NUM_THREADS=$TH MKL_NUM_THREADS=$TH
 mkdir -p "$WORK"
 if [ ! -x "$VENV/bin/python" ]; then
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu || "$VENV/bin/pip" install -q "torch==2.13.0"
+  PY=$(readlink -f "$ROOT/.venv/bin/python")
+  "$PY" -m venv "$VENV"
+  WHEEL=$(ls /opt/wheels/torch-2.13.0+cpu-*.whl 2>/dev/null | head -1 || true)
+  if [ -n "$WHEEL" ]; then "$VENV/bin/pip" install -q "$WHEEL"
+  else "$VENV/bin/pip" install -q "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu; fi
   "$VENV/bin/pip" install -q "llmcompressor==0.14.0.1" "torchao==0.18.*" "transformers==5.17.*" datasets
 fi
 MAIN="$ROOT/.venv/bin/python"
@@ -18,20 +23,28 @@ MAIN="$ROOT/.venv/bin/python"
 import sys, torch
 from transformers import AutoTokenizer
 from sparse24.eval.data import calibration_samples, read_text, token_windows
-from sparse24.prune.model_io import default_model_dir
-tok = AutoTokenizer.from_pretrained(default_model_dir())
-ids = calibration_samples(token_windows(tok, read_text("calib")), int(sys.argv[2]), int(sys.argv[3]), 0)
-torch.save({"ids": ids, "model": str(default_model_dir())}, sys.argv[1])
+from sparse24.prune.model_io import resolve_model
+d = resolve_model("smollm2-135m")
+ids = calibration_samples(token_windows(AutoTokenizer.from_pretrained(d), read_text("calib")), int(sys.argv[2]),
+                          int(sys.argv[3]), 0)
+torch.save({"ids": ids, "model": str(d)}, sys.argv[1])
 PY
-# 2. llm-compressor oneshot, timed, threads pinned
+evalppl() {  # model folder, out prefix: the pruning_quality windows (8 x 2048, 32 x 512)
+  "$MAIN" -m sparse24 eval "$1" --ppl boolq --seqlen 2048 --max-windows 8 --batch-size 1 --threads "$TH" \
+     --no-progress --out "$2.ppl2048.json" > /dev/null
+  "$MAIN" -m sparse24 eval "$1" --ppl boolq --seqlen 512 --max-windows 32 --batch-size 1 --threads "$TH" \
+     --no-progress --out "$2.ppl512.json" > /dev/null
+}
 for METHOD in sparsegpt wanda; do
-  "$VENV/bin/python" "$ROOT/benchmarks/llmcompressor_compare.py" "$WORK/calib.pt" "$METHOD" "$WORK/llmc-$METHOD" "$TH"
-  "$MAIN" -m sparse24 eval "$WORK/llmc-$METHOD" --ppl boolq --seqlen 2048 --threads "$TH" --out "$WORK/llmc-$METHOD.json"
+  # 2. llm-compressor oneshot, timed, threads pinned
+  [ -f "$WORK/llmc-$METHOD.ppl512.json" ] || {
+    /usr/bin/time -v "$VENV/bin/python" "$ROOT/benchmarks/llmcompressor_compare.py" "$WORK/calib.pt" "$METHOD" \
+       "$WORK/llmc-$METHOD" "$TH" > "$WORK/llmc-$METHOD.log" 2> "$WORK/llmc-$METHOD.time"
+    evalppl "$WORK/llmc-$METHOD" "$WORK/llmc-$METHOD"; }
+  # 3. sparse24 on the same protocol
+  [ -f "$WORK/s24-$METHOD.ppl512.json" ] || {
+    /usr/bin/time -v "$MAIN" -m sparse24 prune --method "$METHOD" --nsamples "$NS" --seqlen "$SL" --threads "$TH" \
+       --out "$WORK/s24-$METHOD" --overwrite --no-progress > "$WORK/s24-$METHOD.log" 2> "$WORK/s24-$METHOD.time"
+    evalppl "$WORK/s24-$METHOD" "$WORK/s24-$METHOD"; }
 done
-# 3. sparse24 on the same protocol
-for METHOD in sparsegpt wanda; do
-  /usr/bin/time -v "$MAIN" -m sparse24 prune --method "$METHOD" --nsamples "$NS" --seqlen "$SL" --threads "$TH" \
-     --out "$WORK/s24-$METHOD" --overwrite --no-progress 2> "$WORK/s24-$METHOD.time"
-  "$MAIN" -m sparse24 eval "$WORK/s24-$METHOD" --ppl boolq --seqlen 2048 --threads "$TH" --out "$WORK/s24-$METHOD.json"
-done
-grep -h "Elapsed\|Maximum resident" "$WORK"/*.time || true
+"$MAIN" "$ROOT/benchmarks/llmcompressor_compare.py" --report "$WORK" "$NS" "$SL" "$TH" "$VENV"

@@ -32,7 +32,7 @@ A'·(2:4 core)·B' with block-diagonal A', B' (extra parameters: block·(in+out)
 """
 
 EPILOG = """examples:
-  sparse24 prune --quick --eval          # 12 min measured on 2 shared CPU cores (630 s CPU): SparseGPT on SmolLM2
+  sparse24 prune --quick --eval          # SparseGPT on SmolLM2: 3 min on 2 free CPU cores, 12 min on 2 busy ones
   sparse24 prune --method list
   sparse24 prune --method sparsegpt --out pruned/smollm2-sgpt --compressed
   sparse24 prune --model ./my-llama --method wanda --calib my.jsonl --nsamples 128 --seqlen 4096 --out pruned
