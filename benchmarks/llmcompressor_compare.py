@@ -84,8 +84,8 @@ def report(work: Path, nsamples: int, seqlen: int, threads: int, venv: str) -> N
             else:
                 r["oneshot_s"] = json.loads((work / name / "sparse24_config.json").read_text())["extra"]["prune_seconds"]
             rows[name] = r
-    vers = subprocess.run([f"{venv}/bin/python", "-c", "import llmcompressor, torch, transformers; print("
-                           "llmcompressor.__version__, torch.__version__, transformers.__version__)"],
+    vers = subprocess.run([f"{venv}/bin/python", "-c", "import importlib.metadata as m; print(*(m.version(p) for p in "
+                           "('llmcompressor', 'torch', 'transformers')))"],  # metadata only: importing logs to stdout
                           capture_output=True, text=True).stdout.split()
     import torch
     import transformers
