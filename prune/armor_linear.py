@@ -95,13 +95,9 @@ class ArmorLinear(nn.Module):
         return block_product(self.a_blocks, self.core, self.b_blocks)
 
     def to_dense(self) -> nn.Linear:
-        lin = nn.Linear(self.in_features, self.out_features, self.bias is not None,
-                        device=self.core.device, dtype=self.core.dtype)
-        with torch.no_grad():
-            lin.weight.copy_(self.dense_weight())
-            if self.bias is not None:
-                lin.bias.copy_(self.bias)
-        return lin
+        from sparse24.linear import dense_linear
+
+        return dense_linear(self.dense_weight().detach(), self.bias)
 
     def overhead_params(self) -> int:
         """Extra parameters over a plain 2:4 layer: the two block-diagonal factors."""

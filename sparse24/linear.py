@@ -18,7 +18,17 @@ from sparse24.config import MagnitudeConfig, SparseConfig, SRSTEConfig, SSTEConf
 from sparse24.masks import check_weight, magnitude_mask_24, soft_threshold_24, sste_scale, transposable_mask_24
 from sparse24.ste import MaskSTE, SoftThresholdSTE, SparseMatmul
 
-__all__ = ["SparseLinear", "is_conv1d"]
+__all__ = ["SparseLinear", "is_conv1d", "dense_linear"]
+
+
+@torch.no_grad()
+def dense_linear(weight: Tensor, bias: Tensor | None) -> nn.Linear:
+    """A plain ``nn.Linear`` holding copies of ``weight`` ``[out, in]`` and ``bias`` (the way out of any 2:4 module)."""
+    lin = nn.Linear(weight.shape[1], weight.shape[0], bias is not None, device=weight.device, dtype=weight.dtype)
+    lin.weight.copy_(weight)
+    if bias is not None:
+        lin.bias.copy_(bias)
+    return lin
 
 
 def is_conv1d(module: nn.Module) -> bool:
@@ -102,13 +112,7 @@ class SparseLinear(nn.Module):
                 lin.weight.copy_(self.sparse_weight().t())
                 lin.bias.copy_(self.bias)
             return lin
-        lin = nn.Linear(self.in_features, self.out_features, self.bias is not None,
-                        device=self.weight.device, dtype=self.weight.dtype)
-        with torch.no_grad():
-            lin.weight.copy_(self.sparse_weight())
-            if self.bias is not None:
-                lin.bias.copy_(self.bias)
-        return lin
+        return dense_linear(self.sparse_weight(), self.bias)
 
     # ---- masks -----------------------------------------------------------------------------------------------
     def compute_mask(self) -> Tensor:
