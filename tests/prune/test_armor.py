@@ -202,6 +202,8 @@ def test_armor_linear_equals_dense_reconstruction():
     assert torch.allclose(mod.dense_weight(), w_eff, atol=1e-12)
     assert torch.equal(mod.core.reshape(-1, 4).ne(0).sum(-1) <= 2, torch.ones(48 * 24, dtype=torch.bool))
     assert mod.overhead_params() == 2 * 24 * 24 + 4 * 24 * 24
+    lin = mod.to_dense()  # the way out: a plain nn.Linear holding W_eff and the bias
+    assert type(lin) is torch.nn.Linear and torch.allclose(lin(x), x @ w_eff.T + bias, rtol=1e-10, atol=1e-10)
 
 
 def test_prune_save_load_roundtrip(tiny_llama, tmp_path):
