@@ -64,21 +64,21 @@ def main() -> None:
     args = parse()
     if args.threads:
         torch.set_num_threads(args.threads)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     import transformers
-    from sparse24 import __version__
-    from sparse24.eval.data import calibration_samples, read_text, token_windows
     from sparse24.eval.perplexity import perplexity
     from sparse24.prune.armor import ArmorSettings
     from sparse24.prune.armor_linear import armor_parameter_overhead
     from sparse24.prune.armor_model import armor_prune_model
-    from sparse24.prune.model_io import resolve_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sparse24 import __version__
+    from sparse24.assets import resolve_model
+    from sparse24.texts import calibration_samples, read_text, tokenize_text
 
     model_dir = resolve_model("smollm2-135m")
     tok = AutoTokenizer.from_pretrained(model_dir)
-    calib = calibration_samples(token_windows(tok, read_text("calib")), args.nsamples, args.seqlen, 0)
-    tokens = token_windows(tok, read_text(args.eval_text))
+    calib = calibration_samples(tokenize_text(tok, read_text("calib")), args.nsamples, args.seqlen, 0)
+    tokens = tokenize_text(tok, read_text(args.eval_text))
     ppl_kw = {"max_windows": args.eval_windows, "text_name": args.eval_text}
     load = lambda: AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()  # noqa: E731
     rows = {"dense": perplexity(load(), tokens, args.eval_seqlen, **ppl_kw)["ppl"]}

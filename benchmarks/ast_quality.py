@@ -63,15 +63,15 @@ def prune_args(argv: list[str]) -> argparse.Namespace:
 
 def main() -> None:
     import torch
-    from transformers import AutoModelForCausalLM
-
-    from sparse24 import MagnitudeConfig, sparsify
-    from sparse24.eval.data import read_text, token_windows
     from sparse24.eval.loading import load_for_eval
     from sparse24.eval.perplexity import perplexity
     from sparse24.prune.ast import run_ast
     from sparse24.prune.cli import prune_checkpoint
-    from sparse24.prune.model_io import resolve_model
+    from transformers import AutoModelForCausalLM
+
+    from sparse24 import MagnitudeConfig, sparsify
+    from sparse24.assets import resolve_model
+    from sparse24.texts import read_text, tokenize_text
 
     a = parse()
     torch.set_num_threads(a.threads)
@@ -84,7 +84,7 @@ def main() -> None:
                                      "--out", str(folder), *common]))
     sgpt_model, tok, _ = load_for_eval(folder)
     seconds = {"sparsegpt": time.time() - t0}
-    eval_ids = token_windows(tok, read_text("boolq"))
+    eval_ids = tokenize_text(tok, read_text("boolq"))
 
     def ppl(model) -> dict:
         return {s: perplexity(model, eval_ids, s, max_windows=w, text_name="boolq")

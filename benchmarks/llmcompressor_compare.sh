@@ -22,10 +22,10 @@ MAIN="$ROOT/.venv/bin/python"
 "$MAIN" - "$WORK/calib.pt" "$NS" "$SL" <<'PY'
 import sys, torch
 from transformers import AutoTokenizer
-from sparse24.eval.data import calibration_samples, read_text, token_windows
-from sparse24.prune.model_io import resolve_model
+from sparse24.texts import calibration_samples, read_text, tokenize_text
+from sparse24.assets import resolve_model
 d = resolve_model("smollm2-135m")
-ids = calibration_samples(token_windows(AutoTokenizer.from_pretrained(d), read_text("calib")), int(sys.argv[2]),
+ids = calibration_samples(tokenize_text(AutoTokenizer.from_pretrained(d), read_text("calib")), int(sys.argv[2]),
                           int(sys.argv[3]), 0)
 torch.save({"ids": ids, "model": str(d)}, sys.argv[1])
 PY

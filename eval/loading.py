@@ -8,25 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["load_for_eval", "resolve_device", "resolve_dtype"]
-
-
-def resolve_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: no CUDA GPU is available; use --device cpu")
-    return name
-
-
-def resolve_dtype(name: str, device: str) -> torch.dtype | None:
-    """``auto``: float32 on the CPU, the checkpoint's dtype elsewhere (None)."""
-    if name == "auto":
-        return torch.float32 if device == "cpu" else None
-    try:
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-    except KeyError:
-        raise ValueError(f"--dtype {name}: choose auto, float32, bfloat16 or float16") from None
+__all__ = ["load_for_eval"]
 
 
 def load_for_eval(spec: str | Path | None, device: str = "cpu",
@@ -34,8 +16,8 @@ def load_for_eval(spec: str | Path | None, device: str = "cpu",
     """``(model, tokenizer, info)``; sparse24 folders (compressed or not) load with their 2:4 modules."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from sparse24.assets import resolve_model
     from sparse24.io import CONFIG_NAME, load_sparse, read_sparse24_config
-    from sparse24.prune.model_io import resolve_model
 
     folder = resolve_model(spec)
     info: dict[str, Any] = {"model": str(folder), "sparse24": False}

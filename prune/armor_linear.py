@@ -28,7 +28,9 @@ from torch import Tensor, nn
 from sparse24.backends import select_backend
 from sparse24.compress import compress_24, decompress_24
 from sparse24.config import MagnitudeConfig
-from sparse24.io import CONFIG_NAME, FORMAT_VERSION, atomic_folder, read_sparse24_config
+from sparse24.fileio import atomic_folder
+from sparse24.io import CONFIG_NAME, FORMAT_VERSION, read_sparse24_config
+from sparse24.runtime import set_module
 
 __all__ = ["ArmorLinear", "armor_modules", "save_armor", "load_armor", "armor_parameter_overhead", "ARMOR_FILE"]
 
@@ -121,11 +123,6 @@ def armor_parameter_overhead(model: nn.Module) -> dict[str, float]:
     return {"dense_params": dense, "armor_params": extra, "overhead": extra / max(dense, 1), "layers": len(mods)}
 
 
-def _set_module(model: nn.Module, fqn: str, new: nn.Module) -> None:
-    parent, _, child = fqn.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, new)
-
-
 def save_armor(model: nn.Module, folder: str | os.PathLike, *, overwrite: bool = False,
                extra: dict[str, Any] | None = None) -> Path:
     """Save an HF model holding ``ArmorLinear`` modules (format in the module docstring); returns the folder."""
@@ -187,5 +184,5 @@ def load_armor(folder: str | os.PathLike, *, backend: str = "auto", device: str 
             mod.core.copy_(decompress_24(raw[f"{fqn}.core.values"], raw[f"{fqn}.core.meta"], f"{fqn}.core"))
             if lin.bias is not None:
                 mod.bias.copy_(lin.bias)
-        _set_module(model, fqn, mod)
+        set_module(model, fqn, mod)
     return model.to(device).eval()

@@ -21,11 +21,12 @@ from typing import Any, ClassVar
 
 import torch
 from safetensors.torch import load_file, save_file
+from sparse24.prune.armor import ArmorResult, ArmorSettings, armor_layer
+from sparse24.prune.armor_linear import ArmorLinear
+from sparse24.prune.base import Pruner, PruneResult, register_pruner
 from torch import Tensor, nn
 
-from sparse24.prune.armor import ArmorResult, ArmorSettings, armor_layer
-from sparse24.prune.armor_linear import ArmorLinear, _set_module
-from sparse24.prune.base import PruneResult, Pruner, register_pruner
+from sparse24.runtime import set_module
 
 __all__ = ["hessian_diagonals", "armor_targets", "armor_prune_model", "ArmorPruner", "ArmorPruneResult",
            "add_armor_arguments", "armor_settings_from_args", "assemble_armor", "check_cores_24"]
@@ -145,7 +146,7 @@ def armor_prune_model(model: nn.Module, calib: Tensor, settings: ArmorSettings =
     for n in names:
         lin = model.get_submodule(n)
         mod = ArmorLinear.from_result(results[n], lin.bias, dtype=lin.weight.dtype, backend=backend)
-        _set_module(model, n, mod.to(lin.weight.device))
+        set_module(model, n, mod.to(lin.weight.device))
     return results
 
 
@@ -198,14 +199,15 @@ def assemble_armor(model_dir: str | os.PathLike, extras: dict[str, dict[str, Ten
                 getattr(mod, key).copy_(t[key])
             if lin.bias is not None:
                 mod.bias.copy_(lin.bias)
-        _set_module(model, name, mod)
+        set_module(model, name, mod)
     return model.eval()
 
 
 def check_cores_24(model: nn.Module) -> tuple[int, int]:
     """(ARMOR cores that are exactly 2:4, cores checked)."""
-    from sparse24.masks import is_24
     from sparse24.prune.armor_linear import armor_modules
+
+    from sparse24.masks import is_24
 
     mods = armor_modules(model)
     return sum(bool(is_24(m.core.detach())) for _, m in mods), len(mods)

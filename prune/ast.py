@@ -22,13 +22,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from sparse24.prune.base import LayerStats, Pruner, PruneResult, register_pruner
+from sparse24.prune.slorb import INITS, add_slorb
 from torch import Tensor, nn
 
 from sparse24.api import apply_masked_decay, sparse_modules, sparsify
 from sparse24.config import SRSTEConfig
 from sparse24.masks import magnitude_mask_24
-from sparse24.prune.base import LayerStats, PruneResult, Pruner, register_pruner
-from sparse24.prune.slorb import INITS, add_slorb
 
 __all__ = ["ASTConfig", "lambda_at", "distill_kl", "hidden_state_loss", "DistillLoss", "make_student",
            "masks_from_pruned", "make_ast_trainer", "ramped_decay_hook", "ASTPruner", "run_ast"]
@@ -132,8 +132,9 @@ def masks_from_pruned(model: nn.Module, folder: str | Path) -> dict[str, Tensor]
     The kept pattern is the non-zeros of the pruned weight; a group with fewer than 2 non-zeros (a kept weight that is
     exactly 0) is filled up by the dense weight's magnitude, so every group keeps exactly 2.
     """
-    from sparse24.io import read_sparse24_config
     from sparse24.prune.model_io import ShardReader
+
+    from sparse24.io import read_sparse24_config
 
     names = read_sparse24_config(folder)["modules"]
     reader = ShardReader(folder)
@@ -268,25 +269,25 @@ def run_ast(args: Any) -> dict[str, Any]:
     import time
 
     from accelerate import Accelerator
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from sparse24.eval.data import read_text, token_windows
-    from sparse24.eval.loading import resolve_device, resolve_dtype
-    from sparse24.io import CONFIG_NAME
     from sparse24.prune.driver import matches
     from sparse24.prune.export import check_all_24
     from sparse24.prune.slorb import describe, save_slorb_model
     from sparse24.train.loop import TrainConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sparse24.io import CONFIG_NAME
+    from sparse24.runtime import resolve_device, resolve_dtype
+    from sparse24.texts import read_text, tokenize_text
 
     out = Path(args.out)
     if (out / CONFIG_NAME).exists() and not args.overwrite:
         raise FileExistsError(f"{out} already holds a pruned model; pass --overwrite or choose another --out")
-    from sparse24.prune.model_io import resolve_model
+    from sparse24.assets import resolve_model
 
     model_dir, device = resolve_model(args.model), resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device) or torch.float32
     tok = AutoTokenizer.from_pretrained(model_dir)
-    ids = token_windows(tok, read_text(args.calib))  # [n]
+    ids = tokenize_text(tok, read_text(args.calib))  # [n]
     n_val = max(2 * args.seqlen * args.batch_size + 1, len(ids) // 50)
     if len(ids) < n_val + 2 * args.seqlen:
         raise ValueError(f"--calib {args.calib} has {len(ids)} tokens: too few for --seqlen {args.seqlen}")

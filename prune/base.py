@@ -72,8 +72,13 @@ def register_pruner(cls: type[Pruner]) -> type[Pruner]:
 
 
 def _load_builtin() -> None:
-    from sparse24.prune import ast, magnitude, sparsegpt, wanda  # noqa: F401  (registration side effect)
-    from sparse24.prune import armor_model  # noqa: F401  (registers 'armor')
+    from sparse24.prune import (  # noqa: F401  (registration side effect)
+        armor_model,  # noqa: F401  (registers 'armor')
+        ast,
+        magnitude,
+        sparsegpt,
+        wanda,
+    )
 
 
 def get_pruner(name: str, **kwargs: Any) -> Pruner:

@@ -97,14 +97,14 @@ def _fingerprint(args: argparse.Namespace, model_dir: Path, pruner: Any, calib_i
 def prune_checkpoint(args: argparse.Namespace, on_layer_done=None) -> dict[str, Any]:
     """Prune ``args.model`` with ``args.method`` into ``args.out``; returns a summary dict."""
     import torch
-    from transformers import AutoTokenizer
-
-    from sparse24.eval.data import calibration_samples, read_text, token_windows
-    from sparse24.eval.loading import resolve_device, resolve_dtype
     from sparse24.prune.driver import PruneOptions, prune_layers
     from sparse24.prune.export import summary_table
-    from sparse24.prune.model_io import resolve_model
     from sparse24.prune.resume import WorkState
+    from transformers import AutoTokenizer
+
+    from sparse24.assets import resolve_model
+    from sparse24.runtime import resolve_device, resolve_dtype
+    from sparse24.texts import calibration_samples, read_text, tokenize_text
 
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.overwrite:
@@ -117,7 +117,7 @@ def prune_checkpoint(args: argparse.Namespace, on_layer_done=None) -> dict[str, 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     calib_ids = None
     if pruner.stats != "none":
-        calib_ids = calibration_samples(token_windows(tokenizer, read_text(args.calib)), args.nsamples, args.seqlen,
+        calib_ids = calibration_samples(tokenize_text(tokenizer, read_text(args.calib)), args.nsamples, args.seqlen,
                                         args.seed)
     work = out.with_name(out.name + ".partial")
     state = WorkState(work, _fingerprint(args, model_dir, pruner, calib_ids, dtype), fresh=args.overwrite)
@@ -198,13 +198,13 @@ def _versions() -> dict[str, str]:
 
 def quick_eval(args: argparse.Namespace, result: dict[str, Any]) -> dict[str, Any]:
     """Dense vs pruned perplexity on ``args.eval_text`` (same windows for both); prints a table."""
+    from sparse24.eval.perplexity import perplexity
     from transformers import AutoModelForCausalLM
 
-    from sparse24.eval.data import read_text, token_windows
-    from sparse24.eval.perplexity import perplexity
+    from sparse24.texts import read_text, tokenize_text
 
     seqlen = args.eval_seqlen or args.seqlen
-    tokens = token_windows(result["tokenizer"], read_text(args.eval_text))
+    tokens = tokenize_text(result["tokenizer"], read_text(args.eval_text))
     windows = args.eval_windows or None
     dense = AutoModelForCausalLM.from_pretrained(result["model_dir"], dtype="auto").eval()
     kw = {"max_windows": windows, "progress": not args.no_progress, "text_name": args.eval_text}

@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
-
-from sparse24.masks import is_24
 from sparse24.prune.base import LayerStats, Pruner
 from sparse24.prune.model_io import ShardReader, decoder_layers
 from sparse24.prune.resume import WorkState
 from sparse24.prune.stats import StatsCollector
+from torch import Tensor, nn
+
+from sparse24.masks import is_24
 
 __all__ = ["PruneOptions", "PruneOutcome", "prune_layers", "matches", "skeleton"]
 

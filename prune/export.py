@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from sparse24.prune.driver import PruneOutcome
 from torch import nn
 
 from sparse24.compress import check_24
-from sparse24.prune.driver import PruneOutcome
 
 __all__ = ["assemble", "summary_table", "check_all_24"]
 

@@ -6,10 +6,10 @@ in the default SmolLM2 (Q4_1) about 15 % of groups have equal 2nd and 3rd larges
 
 from __future__ import annotations
 
+from sparse24.prune.base import LayerStats, Pruner, PruneResult, register_pruner
 from torch import Tensor
 
 from sparse24.masks import magnitude_mask_24
-from sparse24.prune.base import LayerStats, PruneResult, Pruner, register_pruner
 
 
 @register_pruner

@@ -10,22 +10,16 @@ either the old or the new file, never half of one. A restart with the same finge
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-__all__ = ["WorkState", "atomic_save"]
+from sparse24.fileio import atomic_save_safetensors, atomic_write_json
 
-
-def atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    """``safetensors`` save to ``path`` via a temporary file and ``os.replace``."""
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+__all__ = ["WorkState"]
 
 
 class WorkState:
@@ -45,15 +39,13 @@ class WorkState:
                                  "rerun with the same arguments to resume, or pass --overwrite to start over")
         else:
             self.folder.mkdir(parents=True, exist_ok=True)
-            tmp = run.with_name("run.json.tmp")
-            tmp.write_text(json.dumps(self.fingerprint, indent=2))
-            os.replace(tmp, run)
+            atomic_write_json(run, self.fingerprint)
 
     def layer_path(self, index: int) -> Path:
         return self.folder / f"layer_{index:05d}.safetensors"
 
     def save_layer(self, index: int, tensors: dict[str, torch.Tensor], report: dict[str, Any]) -> None:
-        atomic_save(tensors, self.layer_path(index), {"report": json.dumps(report)})
+        atomic_save_safetensors(tensors, self.layer_path(index), {"report": json.dumps(report)})
 
     def load_layer(self, index: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         from safetensors import safe_open
@@ -65,7 +57,7 @@ class WorkState:
 
     def save_acts(self, next_layer: int, hidden: torch.Tensor | None) -> None:
         tensors = {"hidden": hidden} if hidden is not None else {"none": torch.zeros(0)}
-        atomic_save(tensors, self.folder / "acts.safetensors", {"next_layer": str(next_layer)})
+        atomic_save_safetensors(tensors, self.folder / "acts.safetensors", {"next_layer": str(next_layer)})
 
     def resume_point(self) -> tuple[int, torch.Tensor | None]:
         """``(first layer still to do, its calibration inputs or None)``; ``(0, None)`` for a fresh run."""

@@ -168,7 +168,8 @@ def save_slorb_model(model: nn.Module, folder: str | os.PathLike, *, compressed:
     """``save_sparse`` of the 2:4 part + ``slorb.safetensors`` (S, P), all in one atomic folder write."""
     from safetensors.torch import save_file
 
-    from sparse24.io import atomic_folder, save_sparse
+    from sparse24.fileio import atomic_folder
+    from sparse24.io import save_sparse
 
     record = slorb_record(model)
     extra = {**(extra or {}), **({"slorb": record} if record else {})}

@@ -15,10 +15,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from sparse24.prune.base import LayerStats, Pruner, PruneResult, register_pruner
 from torch import Tensor
 
 from sparse24.masks import magnitude_mask_24
-from sparse24.prune.base import LayerStats, PruneResult, Pruner, register_pruner
 
 __all__ = ["SparseGPTPruner", "sparsegpt_24", "inverse_cholesky"]
 

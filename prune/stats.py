@@ -7,9 +7,8 @@ one Hessian per distinct input instead of one per linear. Sums are taken in floa
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
-
 from sparse24.prune.base import LayerStats
+from torch import Tensor, nn
 
 __all__ = ["StatsCollector"]
 

@@ -7,10 +7,10 @@ squares the activation term and ignores the earlier pruning, so its masks differ
 
 from __future__ import annotations
 
+from sparse24.prune.base import LayerStats, Pruner, PruneResult, register_pruner
 from torch import Tensor
 
 from sparse24.masks import magnitude_mask_24
-from sparse24.prune.base import LayerStats, PruneResult, Pruner, register_pruner
 
 
 def wanda_scores(weight: Tensor, sqnorm: Tensor) -> Tensor:

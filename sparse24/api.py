@@ -17,6 +17,7 @@ from torch import nn
 
 from sparse24.config import MagnitudeConfig, SparseConfig, SRSTEConfig, SSTEConfig
 from sparse24.linear import SparseLinear, is_conv1d
+from sparse24.runtime import set_module
 from sparse24.tracking import FlipTracker
 
 log = logging.getLogger("sparse24")
@@ -26,7 +27,7 @@ __all__ = [
     "set_dense_finetune", "ConfigSpec",
 ]
 
-ConfigSpec = Union[SparseConfig, dict[str, Union[SparseConfig, None]]]
+ConfigSpec = Union[SparseConfig, dict[str, SparseConfig | None]]
 Handler = Callable[[nn.Module, SparseConfig], nn.Module]
 _HANDLERS: dict[type, Handler] = {}
 
@@ -84,11 +85,6 @@ def _resolve(config: ConfigSpec, fqn: str) -> tuple[SparseConfig | None, str]:
     return config.get("_default"), "default"
 
 
-def _set_module(model: nn.Module, fqn: str, new: nn.Module) -> None:
-    parent, _, child = fqn.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, new)
-
-
 def sparsify(
     model: nn.Module, config: ConfigSpec, filter_fn: Callable[[nn.Module, str], bool] | None = None
 ) -> nn.Module:
@@ -127,7 +123,7 @@ def sparsify(
         except (ValueError, TypeError) as e:
             raise type(e)(f"{fqn}: {e}") from e
         new.seed = i
-        _set_module(model, fqn, new)
+        set_module(model, fqn, new)
     return model
 
 
@@ -135,7 +131,7 @@ def unsparsify(model: nn.Module) -> nn.Module:
     """Replace every ``SparseLinear`` by an ``nn.Linear`` holding its effective (2:4) weight; returns ``model``."""
     for fqn, module in list(model.named_modules()):
         if isinstance(module, SparseLinear):
-            _set_module(model, fqn, module.to_dense())
+            set_module(model, fqn, module.to_dense())
     return model
 
 

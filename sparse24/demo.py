@@ -9,25 +9,15 @@ from __future__ import annotations
 
 import argparse
 import time
-from importlib import resources
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from sparse24.config import MagnitudeConfig, SparseConfig, SRSTEConfig, SSTEConfig
+from sparse24.texts import byte_tokens, shipped_text
 
 METHODS: dict[str, type[SparseConfig]] = {"sste": SSTEConfig, "srste": SRSTEConfig, "magnitude": MagnitudeConfig}
-
-
-def shipped_text() -> str:
-    """The small English text shipped with sparse24 (original prose, for demos and tests)."""
-    return resources.files("sparse24").joinpath("data/tiny_corpus.txt").read_text(encoding="utf-8")
-
-
-def byte_tokens(text: str) -> torch.Tensor:
-    """Byte-level tokens (vocabulary 256): no tokenizer download needed."""
-    return torch.tensor(list(text.encode("utf-8")), dtype=torch.long)
 
 
 def tiny_llama(layers: int = 2, hidden: int = 64, vocab: int = 256, seed: int = 0) -> nn.Module:

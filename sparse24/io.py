@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -25,39 +24,14 @@ from sparse24 import __version__
 from sparse24.api import sparse_modules, sparsify
 from sparse24.compress import compress_24, decompress_24
 from sparse24.config import MagnitudeConfig, SparseConfig
+from sparse24.fileio import atomic_folder
 
-__all__ = ["save_sparse", "load_sparse", "read_sparse24_config", "atomic_folder", "FORMAT_VERSION",
+__all__ = ["save_sparse", "load_sparse", "read_sparse24_config", "FORMAT_VERSION",
            "CONFIG_NAME", "COMPRESSED_NAME", "effective_state_dict"]
 
 FORMAT_VERSION = 1
 CONFIG_NAME = "sparse24_config.json"
 COMPRESSED_NAME = "sparse24_compressed.safetensors"
-
-
-class atomic_folder:
-    """Context manager yielding a temporary folder that replaces ``path`` only if the block succeeds."""
-
-    def __init__(self, path: str | os.PathLike, overwrite: bool = False) -> None:
-        self.path = Path(path)
-        if self.path.exists() and not overwrite:
-            raise FileExistsError(f"{self.path} already exists; choose another output folder or pass overwrite=True "
-                                  "(--overwrite on the command line)")
-        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-
-    def __enter__(self) -> Path:
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        self.tmp.mkdir(parents=True)
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return
-        old = self.path.with_name(f".{self.path.name}.old-{os.getpid()}")
-        if self.path.exists():
-            os.replace(self.path, old)
-        os.replace(self.tmp, self.path)
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def effective_state_dict(model: nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]:

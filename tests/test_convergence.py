@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from sparse24 import MagnitudeConfig, SRSTEConfig, SSTEConfig, is_24, sparse_modules, sparsify
-from sparse24.demo import byte_tokens, shipped_text, train_steps
+from sparse24.demo import train_steps
+from sparse24.texts import byte_tokens, shipped_text
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from sparse24.api import sparse_modules
-from sparse24.io import atomic_folder
+from sparse24.fileio import atomic_folder
 
 if TYPE_CHECKING:
     from sparse24.train.loop import Trainer

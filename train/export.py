@@ -16,7 +16,8 @@ from typing import Any
 from torch import nn
 
 from sparse24.api import sparse_modules, unsparsify
-from sparse24.io import atomic_folder, save_sparse
+from sparse24.fileio import atomic_folder
+from sparse24.io import save_sparse
 
 __all__ = ["save_final"]
 

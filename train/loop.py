@@ -190,10 +190,9 @@ class Trainer:
     # ---- the run ---------------------------------------------------------------------------------------------
     def fit(self, resume: str | Path | None = None) -> list[dict]:
         """Train to ``cfg.steps`` (continuing from a checkpoint when ``resume`` is a folder or ``"auto"``)."""
-        from tqdm.auto import tqdm
-
         from sparse24.train.checkpoint import load_checkpoint, prune_checkpoints, resolve_resume, save_checkpoint
         from sparse24.train.telemetry import JsonlLog
+        from tqdm.auto import tqdm
 
         cfg, main = self.cfg, self.accelerator.is_main_process
         folder = resolve_resume(resume, cfg.out_dir)

@@ -10,11 +10,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sparse24.api import sparse_modules, sparsify
 from sparse24.train.data import batch_at, load_data, val_batches
 from sparse24.train.loop import TrainConfig, Trainer
 from sparse24.train.model import build_model
 from sparse24.train.recipe import Recipe, load_recipe
+
+from sparse24.api import sparse_modules, sparsify
 
 __all__ = ["pretrain", "make_trainer"]
 

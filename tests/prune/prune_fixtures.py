@@ -12,7 +12,7 @@ def make_tokenizer(vocab_size: int = 320):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from sparse24.demo import shipped_text
+    from sparse24.texts import shipped_text
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -35,7 +35,7 @@ def make_model_dir(folder: Path, layers: int = 2, hidden: int = 64, seed: int = 
 
 
 def _calib_text() -> str:
-    from sparse24.demo import shipped_text
+    from sparse24.texts import shipped_text
 
     return shipped_text()
 

@@ -6,7 +6,6 @@ import itertools
 
 import pytest
 import torch
-
 from sparse24.prune.armor import (
     ArmorSettings,
     ArmorState,
@@ -207,9 +206,8 @@ def test_armor_linear_equals_dense_reconstruction():
 
 
 def test_prune_save_load_roundtrip(tiny_llama, tmp_path):
-    from transformers import AutoModelForCausalLM
-
     from sparse24.prune.armor_model import armor_prune_model
+    from transformers import AutoModelForCausalLM
 
     model = tiny_llama(layers=1, hidden=64, vocab=128).eval()
     ids = torch.randint(0, 128, (2, 16))

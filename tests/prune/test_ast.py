@@ -10,16 +10,16 @@ import random
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
-from sparse24 import MagnitudeConfig, SparseLinear
-from sparse24.api import sparse_modules
-from sparse24.demo import byte_tokens, shipped_text
-from sparse24.masks import magnitude_mask_24
 from sparse24.prune.ast import ASTConfig, DistillLoss, distill_kl, lambda_at, make_ast_trainer, make_student
 from sparse24.prune.slorb import SLoRBLinear, load_slorb_model, merge_slorb, save_slorb_model, without_slorb
 from sparse24.train.data import batch_at
 from sparse24.train.loop import TrainConfig
+from torch import nn
+
+from sparse24 import MagnitudeConfig, SparseLinear
+from sparse24.api import sparse_modules
+from sparse24.masks import magnitude_mask_24
+from sparse24.texts import byte_tokens, shipped_text
 
 TOKENS = byte_tokens(shipped_text())
 
@@ -199,12 +199,12 @@ def test_save_load_roundtrip_and_plain_hf_part(tiny_llama, tmp_path):
 
 def test_cli_method_ast_end_to_end(tiny_llama, tmp_path):
     """``sparse24 prune --method ast`` on a tiny local model: resumable run, 2:4 + SLoRB folder, clear errors."""
+    from sparse24.train.data import train_bpe
     from transformers import PreTrainedTokenizerFast
 
     from sparse24.cli import main
     from sparse24.io import read_sparse24_config
     from sparse24.masks import is_24
-    from sparse24.train.data import train_bpe
 
     text = shipped_text()
     tok = PreTrainedTokenizerFast(tokenizer_object=train_bpe(text.split("\n\n"), 300))
@@ -229,8 +229,9 @@ def test_cli_method_ast_end_to_end(tiny_llama, tmp_path):
 
 def test_initial_masks_from_a_pruned_folder(tiny_llama, tmp_path):
     """Kept = non-zeros of the pruned weight; groups short of 2 (a kept weight exactly 0) filled by dense |W|."""
-    from sparse24 import save_sparse, sparsify
     from sparse24.prune.ast import masks_from_pruned
+
+    from sparse24 import save_sparse, sparsify
 
     dense = tiny_llama(2, 64, 256, seed=random.randrange(1000))
     pruned = sparsify(copy.deepcopy(dense), MagnitudeConfig())

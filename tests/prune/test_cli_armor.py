@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 from prune_fixtures import make_model_dir
 from safetensors.torch import load_file
+from sparse24.prune import cli as prune_cli
 
 from sparse24.cli import main
 from sparse24.compress import decompress_24
-from sparse24.prune import cli as prune_cli
 
 
 def _args(model_dir, out, *extra: str) -> argparse.Namespace:
@@ -83,13 +83,14 @@ def test_armor_cores_are_24_and_dense_equivalent_matches(runs):
 
 
 def test_armor_eval_cli_matches_in_memory_model(runs, capsys):
-    from sparse24.eval.data import read_text, token_windows
     from sparse24.eval.loading import load_for_eval
     from sparse24.prune.armor_linear import ArmorLinear
 
+    from sparse24.texts import read_text, tokenize_text
+
     tmp, model_dir, res = runs["tmp"], runs["model_dir"], runs["full"]
     calib = model_dir / "calib.txt"
-    ids = token_windows(res["tokenizer"], read_text(calib))
+    ids = tokenize_text(res["tokenizer"], read_text(calib))
     expected = _hand_ppl(res["model"], ids, 64, 3)
     out_json = tmp / "ppl.json"
     assert main(["eval", str(tmp / "full"), "--ppl", str(calib), "--seqlen", "64", "--max-windows", "3",

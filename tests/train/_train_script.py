@@ -11,10 +11,10 @@ import time
 from pathlib import Path
 
 import torch
-
-from sparse24.api import sparse_modules
 from sparse24.train.pretrain import make_trainer
 from sparse24.train.recipe import load_recipe
+
+from sparse24.api import sparse_modules
 
 torch.set_num_threads(1)
 out, steps = Path(sys.argv[1]), int(sys.argv[2])

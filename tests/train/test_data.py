@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-
 from sparse24.train.data import batch_at, load_data, read_texts, train_bpe, val_batches
 
 
@@ -16,7 +15,7 @@ def _cache(tmp_path, monkeypatch):
 
 
 def test_shipped_bytes_split_and_cache():
-    from sparse24.demo import shipped_text
+    from sparse24.texts import shipped_text
 
     d = load_data("shipped", "byte")
     assert d.vocab_size == 256 and len(d.train) > 1000 and len(d.val) > 50

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from sparse24.train.telemetry import read_jsonl
 
 SCRIPT = Path(__file__).with_name("_train_script.py")

@@ -6,10 +6,10 @@ import json
 
 import pytest
 import torch
+from sparse24.train.pretrain import pretrain
 
 from sparse24.api import sparse_modules
 from sparse24.masks import is_24
-from sparse24.train.pretrain import pretrain
 
 TINY = {"data": "shipped", "tokenizer": "byte", "batch_size": 2, "seq_len": 16, "eval_batches": 1, "progress": False,
         "ckpt_every": 0}

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from sparse24.train.recipe import RecipeError, list_recipes, load_recipe
 
 from sparse24.api import sparse_modules, sparsify
 from sparse24.config import MagnitudeConfig, SRSTEConfig, SSTEConfig
-from sparse24.train.recipe import RecipeError, list_recipes, load_recipe
 
 
 def test_shipped_recipes_match_the_spec():

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from sparse24.train.telemetry import read_jsonl
 
 SCRIPT = Path(__file__).with_name("_train_script.py")
