@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["resolve_device", "resolve_dtype", "set_module", "DTYPES"]
+__all__ = ["resolve_device", "resolve_dtype", "set_module", "quiet_third_party", "DTYPES"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -35,3 +35,28 @@ def set_module(model: nn.Module, fqn: str, new: nn.Module) -> None:
     """Replace the submodule at dotted name ``fqn`` by ``new`` (instances are swapped, classes never patched)."""
     parent, _, child = fqn.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, new)
+
+
+def quiet_third_party() -> None:
+    """Silence other libraries' progress bars and info/warning chatter (transformers' "Loading weights" bars,
+    datasets' bars, lm-eval's warnings) so a command's own output stays readable; errors still show."""
+    import logging
+    import os
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # sparse24 never downloads; fail fast instead of trying
+    for name in ("transformers", "datasets", "lm_eval", "lm-eval", "accelerate", "huggingface_hub", "filelock"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        pass
+    try:
+        import datasets
+
+        datasets.disable_progress_bars()
+    except ImportError:
+        pass
