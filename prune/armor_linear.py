@@ -8,7 +8,7 @@ Checkpoint folder (written by :func:`save_armor`, atomically):
   ``W_eff = A' core B'``: plain ``transformers`` (and :func:`sparse24.load_sparse`) load it as a dense model that
   computes the same function — plain transformers cannot represent ``A·W·B`` — but with no 2:4 speed-up;
 - ``armor.safetensors``: per layer ``<fqn>.a_blocks`` [nJ, bs, bs], ``<fqn>.b_blocks`` [nK, bs, bs] and the core
-  packed by :func:`sparse24.compress_24` (``<fqn>.core.values`` [out, in/2], ``<fqn>.core.meta`` [out, in/4]);
+  packed by :func:`sparse24.pack_24_disk` (``<fqn>.core.values`` [out, in/2], ``<fqn>.core.meta`` [out, in/4]);
 - ``sparse24_config.json`` with ``method: "armor"``, ``modules: []`` (no SparseLinear to rebuild) and
   ``extra.armor`` = {file, layers: {fqn: {block_size, shape}}, params}.
 :func:`load_armor` loads the HF folder, then swaps each listed ``nn.Linear`` for an ``ArmorLinear``.
@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from sparse24.backends import select_backend
-from sparse24.compress import compress_24, decompress_24
+from sparse24.compress import pack_24_disk, unpack_24_disk
 from sparse24.config import MagnitudeConfig
 from sparse24.fileio import atomic_folder
 from sparse24.io import CONFIG_NAME, FORMAT_VERSION, read_sparse24_config
@@ -139,7 +139,7 @@ def save_armor(model: nn.Module, folder: str | os.PathLike, *, overwrite: bool =
     tensors, layers = {}, {}
     for fqn, m in mods:
         sd[f"{fqn}.weight"] = m.dense_weight().to(m.core.dtype)
-        values, meta = compress_24(m.core.detach(), f"{fqn}.core")
+        values, meta = pack_24_disk(m.core.detach(), f"{fqn}.core")
         tensors.update({f"{fqn}.a_blocks": m.a_blocks.detach(), f"{fqn}.b_blocks": m.b_blocks.detach(),
                         f"{fqn}.core.values": values, f"{fqn}.core.meta": meta})
         layers[fqn] = {"block_size": m.block_size, "shape": [m.out_features, m.in_features]}
@@ -181,7 +181,7 @@ def load_armor(folder: str | os.PathLike, *, backend: str = "auto", device: str 
         with torch.no_grad():
             mod.a_blocks.copy_(raw[f"{fqn}.a_blocks"])
             mod.b_blocks.copy_(raw[f"{fqn}.b_blocks"])
-            mod.core.copy_(decompress_24(raw[f"{fqn}.core.values"], raw[f"{fqn}.core.meta"], f"{fqn}.core"))
+            mod.core.copy_(unpack_24_disk(raw[f"{fqn}.core.values"], raw[f"{fqn}.core.meta"], f"{fqn}.core"))
             if lin.bias is not None:
                 mod.bias.copy_(lin.bias)
         set_module(model, fqn, mod)

@@ -22,7 +22,7 @@ from torch import nn
 
 from sparse24 import __version__
 from sparse24.api import sparse_modules, sparsify
-from sparse24.compress import compress_24, decompress_24
+from sparse24.compress import pack_24_disk, unpack_24_disk
 from sparse24.config import MagnitudeConfig, SparseConfig
 from sparse24.fileio import atomic_folder
 
@@ -92,7 +92,7 @@ def _save_compressed(sd: dict[str, torch.Tensor], names: list[str], path: Path, 
         seen[ptr] = key
         if key.endswith(".weight") and key[: -len(".weight")] in names:
             flip = key[: -len(".weight")] in transposed  # compress along `in` even where it is stored [in, out]
-            values, meta = compress_24(t.t() if flip else t, key)
+            values, meta = pack_24_disk(t.t() if flip else t, key)
             tensors[key + ".values"], tensors[key + ".meta"] = values.contiguous(), meta.contiguous()
             sparse[key] = {"shape": list(t.shape), "dtype": str(t.dtype), "transposed": flip}
         else:
@@ -137,7 +137,7 @@ def load_compressed(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     for key, info in sparse.items():
         if key + ".values" not in raw or key + ".meta" not in raw:
             raise ValueError(f"{path}: {key} is listed as sparse but its values/meta are missing; the file is corrupt")
-        w = decompress_24(raw[key + ".values"], raw[key + ".meta"], key)
+        w = unpack_24_disk(raw[key + ".values"], raw[key + ".meta"], key)
         w = w.t().contiguous() if info.get("transposed") else w
         if list(w.shape) != info["shape"] or str(w.dtype) != info["dtype"]:
             raise ValueError(f"{path}: {key} decompresses to {tuple(w.shape)} {w.dtype} but the metadata says "

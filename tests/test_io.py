@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
-from sparse24 import SRSTEConfig, SSTEConfig, compress_24, decompress_24, load_sparse, save_sparse, sparsify
+from sparse24 import SRSTEConfig, SSTEConfig, pack_24_disk, unpack_24_disk, load_sparse, save_sparse, sparsify
 from sparse24.io import COMPRESSED_NAME, CONFIG_NAME, read_sparse24_config
 from sparse24.masks import magnitude_mask_24
 
@@ -106,9 +106,9 @@ def test_compress_refuses_non_24_with_name_and_group():
     w = torch.randn(8, 16) * magnitude_mask_24(torch.randn(8, 16))
     w[5, 9] = w[5, 8] = w[5, 10] = 1.0  # 3 non-zeros in row 5, group 2
     with pytest.raises(ValueError, match=r"layer.w is not 2:4: row 5, group 2"):
-        compress_24(w, "layer.w")
+        pack_24_disk(w, "layer.w")
     with pytest.raises(TypeError, match="floating"):
-        compress_24(torch.zeros(4, 8, dtype=torch.int32))
+        pack_24_disk(torch.zeros(4, 8, dtype=torch.int32))
 
 
 def test_save_requires_sparse_modules(tiny_llama, tmp_path):
@@ -135,7 +135,7 @@ def test_property_compress_round_trip(shape, groups, dtype, seed, zeros):
     if zeros:  # groups with fewer than 2 non-zeros, and -0.0
         w = w * (torch.rand(w.shape, generator=g) > 0.5)
     w = w * magnitude_mask_24(w)
-    values, meta = compress_24(w)
+    values, meta = pack_24_disk(w)
     assert values.shape == (*shape, 2 * groups) and meta.shape == (*shape, groups) and meta.dtype == torch.uint8
-    back = decompress_24(values, meta)
+    back = unpack_24_disk(values, meta)
     assert back.dtype == w.dtype and torch.equal(back, w)

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from sparse24.prune import cli as prune_cli
 
 from sparse24.cli import main
-from sparse24.compress import decompress_24
+from sparse24.compress import unpack_24_disk
 
 
 def _args(model_dir, out, *extra: str) -> argparse.Namespace:
@@ -71,7 +71,7 @@ def test_armor_cores_are_24_and_dense_equivalent_matches(runs):
     raw, dense = load_file(str(out / "armor.safetensors")), load_file(str(out / "model.safetensors"))
     orig = load_file(str(runs["model_dir"] / "model.safetensors"))
     for fqn, spec in layers.items():
-        core = decompress_24(raw[f"{fqn}.core.values"], raw[f"{fqn}.core.meta"], fqn).double()  # [out, in]
+        core = unpack_24_disk(raw[f"{fqn}.core.values"], raw[f"{fqn}.core.meta"], fqn).double()  # [out, in]
         assert list(core.shape) == spec["shape"]
         assert ((core.reshape(-1, 4) != 0).sum(-1) == 2).all(), fqn  # exactly 2 of every 4 kept
         a = torch.block_diag(*raw[f"{fqn}.a_blocks"].double())  # [out, out]
