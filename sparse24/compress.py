@@ -1,8 +1,8 @@
 """The portable compressed 2:4 format: kept values ``[..., in/2]`` plus one uint8 of metadata per group.
 
 This is sparse24's on-disk packing (the one place packing happens for checkpoints); the names carry ``disk`` because
-the CUTLASS/cuSPARSELt runtime layouts (``sparse24.kernels.compress24``) are a different thing. Each group of 4 along the last
-dim stores its two kept values in index order and a byte ``i0 | i1 << 2`` with ``i0 < i1``. Groups with fewer than
+the CUTLASS/cuSPARSELt runtime layouts (``sparse24.kernels.compress24``) are a different thing. Each group of 4 along
+the last dim stores its two kept values in index order and a byte ``i0 | i1 << 2`` with ``i0 < i1``. Groups with fewer than
 two non-zeros keep (and store) zeros, so every group has exactly two slots, as the hardware formats need.
 Compression verifies the 2:4 pattern first and refuses anything else (torch silently produces garbage, pytorch#159872).
 """
@@ -20,8 +20,12 @@ __all__ = ["pack_24_disk", "unpack_24_disk", "check_24", "VALID_META"]
 VALID_META = tuple(i | j << 2 for i in range(4) for j in range(i + 1, 4))
 
 
-def check_24(w: Tensor, name: str = "tensor") -> None:
-    """Raise, naming the tensor and the first offending group, unless every group of 4 has <= 2 non-zeros."""
+_PRUNE_HINT = "prune it first (sparse24.magnitude_mask_24 or sparse24 prune)"
+
+
+def check_24(w: Tensor, name: str = "tensor", hint: str = _PRUNE_HINT) -> None:
+    """Raise, naming the tensor and the first offending group, unless every group of 4 has <= 2 non-zeros.
+    ``hint`` ends the message: what the caller's user should do about it."""
     if w.dim() < 1 or w.shape[-1] % 4:
         raise ValueError(f"{name}: last dimension of shape {tuple(w.shape)} is not divisible by 4, so it is not 2:4")
     nz = (w != 0).reshape(-1, w.shape[-1] // 4, 4).sum(-1)  # [rows, G]
@@ -31,8 +35,7 @@ def check_24(w: Tensor, name: str = "tensor") -> None:
         vals = w.reshape(-1, w.shape[-1])[row, 4 * group : 4 * group + 4].tolist()
         raise ValueError(
             f"{name} is not 2:4: row {row}, group {group} (columns {4 * group}..{4 * group + 3}) has "
-            f"{int(nz[row, group])} non-zeros {vals} ({len(bad)} bad groups in all); "
-            "prune it first (sparse24.magnitude_mask_24 or sparse24 prune)"
+            f"{int(nz[row, group])} non-zeros {vals} ({len(bad)} bad groups in all); {hint}"
         )
 
 

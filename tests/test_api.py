@@ -91,7 +91,8 @@ def test_indivisible_linear_kept_dense_with_warning(caplog):
 
 
 def test_config_round_trip_and_errors():
-    for cfg in (MagnitudeConfig(mask_refresh=3), SRSTEConfig(decay=1e-4, decay_placement="weight"), SSTEConfig(fp8=True)):
+    for cfg in (MagnitudeConfig(mask_refresh=3), SRSTEConfig(decay=1e-4, decay_placement="weight"),
+                SSTEConfig(fp8=True)):
         assert SparseConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="unknown sparse24 method"):
         SparseConfig.from_dict({"method": "nope"})

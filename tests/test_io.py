@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
-from sparse24 import SRSTEConfig, SSTEConfig, pack_24_disk, unpack_24_disk, load_sparse, save_sparse, sparsify
+from sparse24 import SRSTEConfig, SSTEConfig, load_sparse, pack_24_disk, save_sparse, sparsify, unpack_24_disk
 from sparse24.io import COMPRESSED_NAME, CONFIG_NAME, read_sparse24_config
 from sparse24.masks import magnitude_mask_24
 
@@ -49,7 +49,7 @@ def test_plain_transformers_loads_dense_with_zeros(sparse_model, tmp_path):
     ids = torch.randint(0, 256, (1, 16))
     torch.testing.assert_close(_logits(sparse_model, ids), _logits(plain, ids), rtol=1e-5, atol=1e-5)
     rec = json.loads((tmp_path / "ck" / CONFIG_NAME).read_text())
-    assert rec["method"] == "sste" and len(rec["modules"]) == 14 and rec["format_version"] == 1
+    assert rec["method"] == "sste" and len(rec["modules"]) == 14 and rec["format_version"] == 2
 
 
 def test_refuses_to_overwrite(sparse_model, tmp_path):

@@ -83,9 +83,9 @@ def test_armor_cores_are_24_and_dense_equivalent_matches(runs):
 
 
 def test_armor_eval_cli_matches_in_memory_model(runs, capsys):
-    from sparse24.eval.loading import load_for_eval
     from sparse24.prune.armor_linear import ArmorLinear
 
+    from sparse24.loaders import load
     from sparse24.texts import read_text, tokenize_text
 
     tmp, model_dir, res = runs["tmp"], runs["model_dir"], runs["full"]
@@ -98,7 +98,7 @@ def test_armor_eval_cli_matches_in_memory_model(runs, capsys):
     got = json.loads(out_json.read_text())
     assert got["info"]["method"] == "armor"
     assert math.isclose(next(iter(got["perplexity"].values()))["ppl"], expected, rel_tol=1e-5)
-    loaded, _, _ = load_for_eval(str(tmp / "full"))
+    loaded, _, _ = load(str(tmp / "full"))
     assert sum(isinstance(m, ArmorLinear) for m in loaded.modules()) == 14
     from transformers import AutoModelForCausalLM
 
