@@ -158,14 +158,13 @@ def load(model: str | os.PathLike | None = None, *, device: str | torch.device =
 
     folder = resolve_model(model) if model is None or not Path(model).is_dir() else Path(model)
     name, record = detect_format(folder)
+    if name in ("sparse24", "hf") or record is not None:
+        read_hf_config(folder)  # a broken config.json is reported before anything else
+    tok_dir = _tokenizer_dir(folder, record) if tokenizer is not False else None  # refuse before the long part
+    if tok_dir is None and tokenizer:
+        raise FileNotFoundError(f"{folder} has no tokenizer files; copy them in from the source model")
     net = get_loader(name).load(folder, backend=backend, device=device, dtype=dtype)
     rec = record or {}
     info: dict[str, Any] = {"model": str(folder), "loader": name, "sparse24": record is not None,
                             "method": rec.get("method"), "compressed": bool(rec.get("compressed"))}
-    tok = None
-    if tokenizer is not False:
-        tok_dir = _tokenizer_dir(folder, record)
-        if tok_dir is None and tokenizer:
-            raise FileNotFoundError(f"{folder} has no tokenizer files; copy them in from the source model")
-        tok = _load_tokenizer(tok_dir) if tok_dir is not None else None
-    return Loaded(net, tok, info)
+    return Loaded(net, _load_tokenizer(tok_dir) if tok_dir is not None else None, info)
