@@ -2,8 +2,8 @@
 
 This is sparse24's on-disk packing (the one place packing happens for checkpoints); the names carry ``disk`` because
 the CUTLASS/cuSPARSELt runtime layouts (``sparse24.kernels.compress24``) are a different thing. Each group of 4 along
-the last dim stores its two kept values in index order and a byte ``i0 | i1 << 2`` with ``i0 < i1``. Groups with fewer than
-two non-zeros keep (and store) zeros, so every group has exactly two slots, as the hardware formats need.
+the last dim stores its two kept values in index order and a byte ``i0 | i1 << 2`` with ``i0 < i1``. Groups with fewer
+than two non-zeros keep (and store) zeros, so every group has exactly two slots, as the hardware formats need.
 Compression verifies the 2:4 pattern first and refuses anything else (torch silently produces garbage, pytorch#159872).
 """
 
