@@ -20,14 +20,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from sparse24.io import (
-    CONFIG_NAME,
-    build_hf_model,
-    build_sparse_model,
-    read_hf_config,
-    read_hf_weights,
-    read_sparse24_config,
-)
+from sparse24.integrity import weight_files
+from sparse24.io import CONFIG_NAME, build_sparse_model, read_hf_config, read_hf_weights, read_sparse24_config
 
 __all__ = ["load", "register_loader", "detect_format", "get_loader", "loader_names", "Loaded", "LoadFn", "DetectFn"]
 
@@ -102,9 +96,22 @@ def detect_format(folder: str | os.PathLike) -> tuple[str, dict[str, Any] | None
 
 def _load_hf(folder: Path, *, backend: str = "auto", device: str | torch.device = "cpu",
              dtype: torch.dtype | None = None) -> nn.Module:
-    """A plain HF folder, as a dense model (``backend`` unused)."""
+    """A plain HF folder, as a dense model (``backend`` unused); transformers reads the weights (memory-mapped)."""
+    from safetensors import SafetensorError
+    from transformers import AutoModelForCausalLM
+
     config = read_hf_config(folder)
-    return build_hf_model(folder, config, read_hf_weights(folder), dtype).to(device).eval()
+    files = [n for n in weight_files(folder) if n.endswith(".safetensors")]
+    if not files:
+        read_hf_weights(folder)  # raises the clear error: pickled weights only, or none at all
+    kw: dict[str, Any] = {"dtype": dtype} if dtype is not None else {}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, config=config, local_files_only=True, **kw)
+    except (SafetensorError, OSError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(f"{folder / files[0]}: the weights are truncated or corrupt ({msg}); copy the file(s) again "
+                         "or re-save the model") from None
+    return model.to(device).eval()
 
 
 def _load_sparse24(folder: Path, *, backend: str = "auto", device: str | torch.device = "cpu",

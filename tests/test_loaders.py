@@ -160,7 +160,7 @@ def test_eval_cli_broken_folders_exit_with_a_message(tiny_llama, tmp_path, capsy
             (folder / CONFIG_NAME).unlink()  # a plain HF folder with a truncated weights file
             w = folder / "model.safetensors"
             w.write_bytes(w.read_bytes()[:-64])
-            want = "model.safetensors is truncated or corrupt"
+            want = "model.safetensors: the weights are truncated or corrupt"
     _tokenizer().save_pretrained(folder)  # the folder is complete but for the damage
     assert main(["eval", str(folder), "--ppl", "none", "--no-progress"]) == 2
     err = capsys.readouterr().err
