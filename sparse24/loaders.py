@@ -161,9 +161,10 @@ def load(model: str | os.PathLike | None = None, *, device: str | torch.device =
     ``None`` / ``"smollm2-135m"`` for the default model. ``tokenizer``: ``None`` loads it when there is one (else
     ``None``), ``True`` requires it, ``False`` skips it. Never downloads. ``info``: ``model`` (the folder),
     ``loader``, ``sparse24`` (a sparse24 folder?), ``method`` and ``compressed``."""
-    from sparse24.assets import resolve_model
+    from sparse24.assets import DEFAULT_MODEL, resolve_model
 
-    folder = resolve_model(model) if model is None or not Path(model).is_dir() else Path(model)
+    # the default's name is never shadowed by a folder of that name in the current directory
+    folder = resolve_model(model) if model is None or str(model) == DEFAULT_MODEL else Path(model)
     name, record = detect_format(folder)
     if name in ("sparse24", "hf") or record is not None:
         read_hf_config(folder)  # a broken config.json is reported before anything else
