@@ -74,6 +74,23 @@ def fingerprint_files(folder: Path, names: Iterable[str]) -> dict[str, str]:
     return {n: file_fingerprint(folder / n) for n in names}
 
 
+def _readable(path: Path) -> bool:
+    """Whether a safetensors file's header parses and its data is as long as the header says."""
+    import json
+    import struct
+
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > path.stat().st_size:
+                return False
+            header = json.loads(f.read(n))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        return path.stat().st_size >= 8 + n + end
+    except (OSError, ValueError, KeyError, TypeError, struct.error):
+        return False
+
+
 def verify_files(folder: Path, recorded: Mapping[str, str], own: Iterable[str] = ()) -> None:
     """Refuse a folder whose HF weight files are not exactly the recorded ones with the recorded fingerprints."""
     now = weight_files(folder, own)
@@ -84,6 +101,9 @@ def verify_files(folder: Path, recorded: Mapping[str, str], own: Iterable[str] =
         if name not in now:
             raise IntegrityError(f"{folder / name} is missing; the checkpoint is incomplete: {FIX}")
         if file_fingerprint(folder / name) != recorded[name]:
+            if name.endswith(".safetensors") and not _readable(folder / name):
+                raise IntegrityError(f"{folder / name} is truncated or corrupt (it no longer matches the fingerprint "
+                                     f"recorded at save time); copy the folder again, or {FIX}")
             raise IntegrityError(f"{folder / name} changed after this checkpoint was saved (content fingerprint "
                                  "differs), e.g. a plain save_pretrained wrote over it, so the sparse24 files in the "
                                  f"folder are stale: {FIX}")
