@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from sparse24 import MagnitudeConfig, SparseLinear, SSTEConfig, load, load_sparse, save_sparse, sparsify
+from sparse24 import MagnitudeConfig, SparseLinear, SSTEConfig, load, load_sparse, save_sparse, sparse_modules, sparsify
 from sparse24.io import CONFIG_NAME, InferenceExportWarning
 from sparse24.loaders import detect_format, register_loader
 from sparse24.masks import magnitude_mask_24
@@ -22,10 +22,33 @@ def _logits(model, ids):
 
 
 def _tokenizer():
-    from tokenizers import Tokenizer, models
+    from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"a": 0, "<unk>": 1}, "<unk>")))
+    from sparse24.texts import shipped_text
+
+    words = sorted(set(shipped_text().split()))[:250]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(["<unk>", *words])}, "<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<unk>")
+
+
+def test_prune_cli_records_the_method_that_produced_the_weights(tiny_llama, tmp_path):
+    """Issue 11: a SparseGPT run's checkpoint said "magnitude"."""
+    from sparse24.cli import main
+    from sparse24.io import read_sparse24_config
+    from sparse24.texts import shipped_text
+
+    src = tmp_path / "m"
+    tiny_llama(layers=1, hidden=32).save_pretrained(src)
+    _tokenizer().save_pretrained(src)
+    (tmp_path / "calib.txt").write_text(shipped_text()[:4000])
+    out = tmp_path / "out"
+    assert main(["prune", "--model", str(src), "--method", "sparsegpt", "--calib", str(tmp_path / "calib.txt"),
+                 "--nsamples", "2", "--seqlen", "16", "--out", str(out), "--no-progress"]) == 0
+    assert read_sparse24_config(out)["method"] == "sparsegpt"
+    model, tok, info = load(out)
+    assert info["method"] == "sparsegpt" and tok is not None and len(list(sparse_modules(model))) == 7
 
 
 def _armor_model(tiny_llama):
