@@ -63,7 +63,6 @@ def prune_args(argv: list[str]) -> argparse.Namespace:
 
 def main() -> None:
     import torch
-    from sparse24.eval.loading import load_for_eval
     from sparse24.eval.perplexity import perplexity
     from sparse24.prune.ast import run_ast
     from sparse24.prune.cli import prune_checkpoint
@@ -71,6 +70,7 @@ def main() -> None:
 
     from sparse24 import MagnitudeConfig, sparsify
     from sparse24.assets import resolve_model
+    from sparse24.loaders import load
     from sparse24.texts import read_text, tokenize_text
 
     a = parse()
@@ -82,7 +82,7 @@ def main() -> None:
         folder = a.work / "sparsegpt"
         prune_checkpoint(prune_args(["--method", "sparsegpt", "--nsamples", "32", "--seqlen", "512",
                                      "--out", str(folder), *common]))
-    sgpt_model, tok, _ = load_for_eval(folder)
+    sgpt_model, tok, _ = load(folder)
     seconds = {"sparsegpt": time.time() - t0}
     eval_ids = tokenize_text(tok, read_text("boolq"))
 

@@ -89,9 +89,9 @@ def _versions() -> dict[str, str]:
 
 def run(args: argparse.Namespace) -> int:
     import torch
-    from sparse24.eval.loading import load_for_eval
     from sparse24.eval.taskfiles import TASKS
 
+    from sparse24.loaders import load
     from sparse24.runtime import resolve_device, resolve_dtype
 
     if args.tasks == "list":
@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--tasks {unknown}: unknown; choose from {', '.join(TASKS)} (or all / list)")
     texts = [] if args.ppl == "none" else [t for t in args.ppl.split(",") if t]
     device = resolve_device(args.device)
-    model, tokenizer, info = load_for_eval(args.model, device, resolve_dtype(args.dtype, device))
+    model, tokenizer, info = load(args.model, device=device, dtype=resolve_dtype(args.dtype, device), tokenizer=True)
     t0 = time.time()
     res = evaluate(model, tokenizer, ppl_texts=texts, seqlen=args.seqlen, max_windows=args.max_windows or None,
                    tasks=tasks, limit=args.limit, batch_size=args.batch_size, device=device,

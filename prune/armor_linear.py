@@ -5,31 +5,29 @@ one 2:4 GEMM run by any sparse24 backend. Inference only: the 2:4 GEMM backends 
 
 Checkpoint folder (written by :func:`save_armor`, atomically):
 - the HF folder of ``save_pretrained`` whose ``*.weight`` for every ARMOR layer is the dense equivalent
-  ``W_eff = A' core B'``: plain ``transformers`` (and :func:`sparse24.load_sparse`) load it as a dense model that
+  ``W_eff = A' core B'``: plain ``transformers`` loads it as a dense model that
   computes the same function — plain transformers cannot represent ``A·W·B`` — but with no 2:4 speed-up;
 - ``armor.safetensors``: per layer ``<fqn>.a_blocks`` [nJ, bs, bs], ``<fqn>.b_blocks`` [nK, bs, bs] and the core
-  packed by :func:`sparse24.compress_24` (``<fqn>.core.values`` [out, in/2], ``<fqn>.core.meta`` [out, in/4]);
-- ``sparse24_config.json`` with ``method: "armor"``, ``modules: []`` (no SparseLinear to rebuild) and
-  ``extra.armor`` = {file, layers: {fqn: {block_size, shape}}, params}.
-:func:`load_armor` loads the HF folder, then swaps each listed ``nn.Linear`` for an ``ArmorLinear``.
+  packed by :func:`sparse24.pack_24_disk` (``<fqn>.core.values`` [out, in/2], ``<fqn>.core.meta`` [out, in/4]);
+- ``sparse24_config.json`` with ``loader`` and ``method: "armor"``, ``modules: []`` (no SparseLinear to rebuild),
+  ``extra.armor`` = {file, layers: {fqn: {block_size, shape}}, params} and the integrity record of both files.
+:func:`load_armor` (registered as the ``armor`` loader of :func:`sparse24.load`) loads the HF folder, then swaps each
+listed ``nn.Linear`` for an ``ArmorLinear``; :func:`sparse24.load_sparse` refuses the folder.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from sparse24.backends import select_backend
-from sparse24.compress import compress_24, decompress_24
-from sparse24.config import MagnitudeConfig
-from sparse24.fileio import atomic_folder
-from sparse24.io import CONFIG_NAME, FORMAT_VERSION, read_sparse24_config
+from sparse24.compress import pack_24_disk, unpack_24_disk
+from sparse24.io import read_sparse24_config, write_checkpoint
+from sparse24.loaders import register_loader
 from sparse24.runtime import set_module
 
 __all__ = ["ArmorLinear", "armor_modules", "save_armor", "load_armor", "armor_parameter_overhead", "ARMOR_FILE"]
@@ -125,7 +123,9 @@ def armor_parameter_overhead(model: nn.Module) -> dict[str, float]:
 
 def save_armor(model: nn.Module, folder: str | os.PathLike, *, overwrite: bool = False,
                extra: dict[str, Any] | None = None) -> Path:
-    """Save an HF model holding ``ArmorLinear`` modules (format in the module docstring); returns the folder."""
+    """Save an HF model holding ``ArmorLinear`` modules (format in the module docstring); returns the folder.
+
+    Written by :func:`sparse24.io.write_checkpoint`, so the folder carries the integrity record every load verifies."""
     mods = armor_modules(model)
     if not mods:
         raise ValueError("model has no ArmorLinear modules; prune it with sparse24.prune.armor_model.armor_prune first")
@@ -138,51 +138,54 @@ def save_armor(model: nn.Module, folder: str | os.PathLike, *, overwrite: bool =
         sd[key] = t
     tensors, layers = {}, {}
     for fqn, m in mods:
-        sd[f"{fqn}.weight"] = m.dense_weight().to(m.core.dtype)
-        values, meta = compress_24(m.core.detach(), f"{fqn}.core")
+        sd[f"{fqn}.weight"] = m.dense_weight().detach().to(m.core.dtype)
+        values, meta = pack_24_disk(m.core.detach(), f"{fqn}.core")
         tensors.update({f"{fqn}.a_blocks": m.a_blocks.detach(), f"{fqn}.b_blocks": m.b_blocks.detach(),
                         f"{fqn}.core.values": values, f"{fqn}.core.meta": meta})
         layers[fqn] = {"block_size": m.block_size, "shape": [m.out_features, m.in_features]}
-    from sparse24 import __version__
-
-    record = {"format": "sparse24", "format_version": FORMAT_VERSION, "sparse24_version": __version__,
-              "method": "armor", "config": MagnitudeConfig().to_dict(), "modules": [], "compressed": None,
-              "extra": {**(extra or {}), "armor": {"file": ARMOR_FILE, "layers": layers,
-                                                   "params": armor_parameter_overhead(model)}}}
-    with atomic_folder(folder, overwrite) as tmp:
-        model.save_pretrained(tmp, state_dict=sd)
-        save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp / ARMOR_FILE),
-                  metadata={"format": "sparse24-armor", "format_version": str(FORMAT_VERSION)})
-        (tmp / CONFIG_NAME).write_text(json.dumps(record, indent=2, default=str))
-    return Path(folder)
+    extra = {**(extra or {}), "armor": {"file": ARMOR_FILE, "layers": layers,
+                                        "params": armor_parameter_overhead(model)}}
+    return write_checkpoint(model, folder, sd, loader="armor", method="armor", module_configs={},
+                            overwrite=overwrite, extra=extra, extra_files={ARMOR_FILE: tensors})
 
 
 def load_armor(folder: str | os.PathLike, *, backend: str = "auto", device: str | torch.device = "cpu",
                dtype: torch.dtype | None = None) -> nn.Module:
-    """Load a folder written by :func:`save_armor` with its ``ArmorLinear`` modules rebuilt (eval mode)."""
-    from transformers import AutoModelForCausalLM
+    """Load a folder written by :func:`save_armor` with its ``ArmorLinear`` modules rebuilt (eval mode), after
+    verifying it against its integrity record."""
+    from sparse24.integrity import verify_files, verify_tensors
+    from sparse24.io import build_hf_model, read_extra_file, read_hf_config, read_hf_weights
 
+    folder = Path(folder)
     record = read_sparse24_config(folder)
-    info = record.get("extra", {}).get("armor")
-    if record.get("method") != "armor" or not info:
-        raise ValueError(f"{folder} is not an ARMOR checkpoint (method={record.get('method')!r}); load it with "
-                         "sparse24.load_sparse")
-    path = Path(folder) / info["file"]
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; the ARMOR checkpoint is incomplete (the HF folder alone loads "
-                                "as the dense equivalent with transformers)")
-    raw = load_file(str(path))
-    model = AutoModelForCausalLM.from_pretrained(folder, **({"dtype": dtype} if dtype is not None else {}))
+    info = record["extra"].get("armor")
+    if record["loader"] != "armor" or not isinstance(info, dict):
+        raise ValueError(f"{folder} is not an ARMOR checkpoint (loader {record['loader']!r}); load it with "
+                         "sparse24.load(folder)")
+    integ = record.get("integrity")
+    if integ is not None:
+        verify_files(folder, integ["files"], [info["file"]])
+    raw = read_extra_file(folder, record, info["file"])
+    sd = read_hf_weights(folder, [info["file"]])
+    if integ is not None:
+        verify_tensors(sd, integ["tensors"], folder)
+    model = build_hf_model(folder, read_hf_config(folder), sd, dtype)
     for fqn, spec in info["layers"].items():
         lin = model.get_submodule(fqn)
         out_f, in_f = spec["shape"]
         mod = ArmorLinear(in_f, out_f, spec["block_size"], lin.bias is not None, dtype=lin.weight.dtype,
                           backend=backend)
+        missing = [k for k in ("a_blocks", "b_blocks", "core.values", "core.meta") if f"{fqn}.{k}" not in raw]
+        if missing:
+            raise ValueError(f"{folder / info['file']}: {fqn}.{missing[0]} is missing; the file is corrupt (re-save)")
         with torch.no_grad():
             mod.a_blocks.copy_(raw[f"{fqn}.a_blocks"])
             mod.b_blocks.copy_(raw[f"{fqn}.b_blocks"])
-            mod.core.copy_(decompress_24(raw[f"{fqn}.core.values"], raw[f"{fqn}.core.meta"], f"{fqn}.core"))
+            mod.core.copy_(unpack_24_disk(raw[f"{fqn}.core.values"], raw[f"{fqn}.core.meta"], f"{fqn}.core"))
             if lin.bias is not None:
                 mod.bias.copy_(lin.bias)
         set_module(model, fqn, mod)
     return model.to(device).eval()
+
+
+register_loader("armor", None, load_armor)

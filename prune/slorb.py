@@ -6,9 +6,10 @@ removed: ``S[i, r] = (1/k) Σ_{l∈r} W[i, l]·(1−M[i, l])`` ("mean"; or "sum"
 parameters ``N·d/k`` (+ ``d²/k`` with a trainable P).
 
 On disk (:func:`save_slorb_model`): the 2:4 part is a normal sparse24 folder (:func:`sparse24.save_sparse`); S and P go
-to ``slorb.safetensors`` and are listed under ``extra["slorb"]`` in ``sparse24_config.json``. Plain ``transformers``
-(and :func:`sparse24.load_sparse`) load only the 2:4 part, i.e. a model *without* the SLoRB term, which is a different
-(worse) model; :func:`load_slorb_model` rebuilds the whole thing, and :func:`merge_slorb` turns each wrapper into a
+to ``slorb.safetensors``, listed under ``extra["slorb"]`` in ``sparse24_config.json`` (``loader: "slorb"``). Plain
+``transformers`` loads only the 2:4 part, i.e. a model *without* the SLoRB term, which is a different (worse) model
+(so :func:`sparse24.load_sparse` refuses the folder); :func:`sparse24.load` / :func:`load_slorb_model` rebuild the
+whole thing, and :func:`merge_slorb` turns each wrapper into a
 dense ``nn.Linear`` holding ``W⊙M + S·P`` (exactly equivalent, but dense, so no 2:4 speed-up).
 """
 
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sparse24.linear import SparseLinear
+from sparse24.loaders import register_loader
 
 __all__ = ["SLoRBLinear", "slorb_init", "add_slorb", "slorb_modules", "without_slorb", "merge_slorb",
            "save_slorb_model", "load_slorb_model", "attach_slorb", "describe", "SLORB_FILE", "INITS"]
@@ -159,42 +161,38 @@ def slorb_record(model: nn.Module) -> dict[str, Any] | None:
     return {"file": SLORB_FILE, "group_size": ks.pop() if len(ks) == 1 else None,
             "modules": {n: {"group_size": m.group_size, "trainable_projection": m.P is not None}
                         for n, m in mods.items()},
-            "note": "plain transformers / sparse24.load_sparse load only the 2:4 part (no SLoRB term); use "
-                    "sparse24.prune.slorb.load_slorb_model(folder)"}
+            "note": "plain transformers loads only the 2:4 part (no SLoRB term); use sparse24.load(folder)"}
 
 
 def save_slorb_model(model: nn.Module, folder: str | os.PathLike, *, compressed: bool = False,
-                     overwrite: bool = False, extra: dict[str, Any] | None = None) -> Path:
-    """``save_sparse`` of the 2:4 part + ``slorb.safetensors`` (S, P), all in one atomic folder write."""
-    from safetensors.torch import save_file
-
-    from sparse24.fileio import atomic_folder
+                     overwrite: bool = False, method: str | None = None,
+                     extra: dict[str, Any] | None = None) -> Path:
+    """``save_sparse`` of the 2:4 part + ``slorb.safetensors`` (S, P), one atomic folder write with one integrity
+    record; the folder's ``loader`` is ``slorb`` (``sparse24.load`` rebuilds the wrappers, ``load_sparse`` refuses)."""
     from sparse24.io import save_sparse
 
     record = slorb_record(model)
     extra = {**(extra or {}), **({"slorb": record} if record else {})}
-    with atomic_folder(folder, overwrite) as tmp:
-        with without_slorb(model) as wrappers:
-            save_sparse(model, tmp, compressed=compressed, overwrite=True, extra=extra)
+    with without_slorb(model) as wrappers:
         tensors = {}
         for fqn, w in wrappers.items():
-            tensors[f"{fqn}.S"] = w.S.detach().cpu().contiguous()
+            tensors[f"{fqn}.S"] = w.S.detach()
             if w.P is not None:
-                tensors[f"{fqn}.P"] = w.P.detach().cpu().contiguous()
-        if tensors:
-            save_file(tensors, str(tmp / SLORB_FILE), metadata={"format": "sparse24-slorb"})
-    return Path(folder)
+                tensors[f"{fqn}.P"] = w.P.detach()
+        return save_sparse(model, folder, compressed=compressed, overwrite=overwrite, method=method, extra=extra,
+                           loader="slorb" if tensors else "sparse24",
+                           extra_files={SLORB_FILE: tensors} if tensors else None)
 
 
-def attach_slorb(model: nn.Module, folder: str | os.PathLike, record: dict[str, Any]) -> nn.Module:
-    """Wrap the modules listed in ``record`` and load their S (and P) from ``folder/record['file']``."""
-    from safetensors.torch import load_file
+def attach_slorb(model: nn.Module, folder: str | os.PathLike, record: dict[str, Any],
+                 tensors: dict[str, Tensor] | None = None) -> nn.Module:
+    """Wrap the modules listed in ``record`` (``extra["slorb"]``) with their S (and P): ``tensors``, or read from
+    ``folder/record['file']`` (verified against the checkpoint's integrity record)."""
+    from sparse24.io import read_extra_file, read_sparse24_config
 
     path = Path(folder) / record["file"]
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: the checkpoint lists SLoRB modules but not their tensors; "
-                                "the folder is incomplete (re-save it with save_slorb_model)")
-    tensors = load_file(str(path))
+    if tensors is None:
+        tensors = read_extra_file(folder, read_sparse24_config(folder), record["file"])
     present = dict(model.named_modules())
     for fqn, info in record["modules"].items():
         if not isinstance(present.get(fqn), SparseLinear):
@@ -215,15 +213,23 @@ def attach_slorb(model: nn.Module, folder: str | os.PathLike, record: dict[str, 
 
 def load_slorb_model(folder: str | os.PathLike, *, backend: str = "auto", device: str | torch.device = "cpu",
                      dtype: torch.dtype | None = None) -> nn.Module:
-    """:func:`sparse24.load_sparse` plus the SLoRB wrappers recorded in ``sparse24_config.json`` (if any)."""
-    from sparse24.io import load_sparse, read_sparse24_config
+    """The 2:4 model (as :func:`sparse24.load_sparse` builds it) plus the SLoRB wrappers recorded in
+    ``sparse24_config.json`` (if any); registered as the ``slorb`` loader of :func:`sparse24.load`."""
+    from sparse24.io import build_sparse_model, read_extra_file, read_sparse24_config
 
-    record = read_sparse24_config(folder).get("extra", {}).get("slorb")
-    model = load_sparse(folder, backend=backend, device=device, dtype=dtype)
+    rec = read_sparse24_config(folder)
+    if rec["loader"] not in ("slorb", "sparse24"):
+        raise ValueError(f"{folder} is a {rec['loader']!r} checkpoint; load it with sparse24.load(folder)")
+    record = rec["extra"].get("slorb")
+    tensors = read_extra_file(folder, rec, record["file"]) if record else None  # verified before any model is built
+    model = build_sparse_model(folder, rec, backend=backend, device=device, dtype=dtype)
     if record:
-        attach_slorb(model, folder, record)
+        attach_slorb(model, folder, record, tensors)
         model.to(device)
-    return model
+    return model.eval()
+
+
+register_loader("slorb", None, load_slorb_model)
 
 
 def describe(model: nn.Module) -> dict[str, int]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import fnmatch
 import logging
 from collections.abc import Callable, Iterator
-from typing import Union
 
 import torch
 from torch import nn
@@ -27,7 +26,7 @@ __all__ = [
     "set_dense_finetune", "ConfigSpec",
 ]
 
-ConfigSpec = Union[SparseConfig, dict[str, SparseConfig | None]]
+ConfigSpec = SparseConfig | dict[str, SparseConfig | None]
 Handler = Callable[[nn.Module, SparseConfig], nn.Module]
 _HANDLERS: dict[type, Handler] = {}
 
@@ -70,25 +69,39 @@ def _is_linear(module: nn.Module) -> bool:
 
 
 def _default_filter(module: nn.Module, fqn: str) -> bool:
-    return (type(module) is nn.Linear or is_conv1d(module)) and fqn.split(".")[-1] not in ("lm_head", "embed_out", "output")
+    return (type(module) is nn.Linear or is_conv1d(module) or isinstance(module, SparseLinear)) and \
+        fqn.split(".")[-1] not in ("lm_head", "embed_out", "output")
 
 
-def _resolve(config: ConfigSpec, fqn: str) -> tuple[SparseConfig | None, str]:
-    """(config for this FQN, how it was chosen: "exact" name, "pattern" or "default")."""
+def _resolve(config: ConfigSpec, fqn: str) -> tuple[SparseConfig | None, str, str | None]:
+    """(config for this FQN, how it was chosen: "exact" name, "pattern" or "default", the dict key that chose it)."""
     if isinstance(config, SparseConfig):
-        return config, "default"
+        return config, "default", None
     if fqn in config:
-        return config[fqn], "exact"
+        return config[fqn], "exact", fqn
     for pattern, cfg in config.items():
         if pattern != "_default" and fnmatch.fnmatchcase(fqn, pattern):
-            return cfg, "pattern"
-    return config.get("_default"), "default"
+            return cfg, "pattern", pattern
+    return config.get("_default"), "default", None
+
+
+def _as_linear(module: SparseLinear) -> nn.Linear:
+    """An ``nn.Linear`` sharing the module's dense weight and bias (same parameters), for re-configuring."""
+    with torch.device("meta"):
+        lin = nn.Linear(module.in_features, module.out_features, module.bias is not None)
+    lin.weight, lin.bias = module.weight, module.bias
+    return lin
 
 
 def sparsify(
-    model: nn.Module, config: ConfigSpec, filter_fn: Callable[[nn.Module, str], bool] | None = None
+    model: nn.Module, config: ConfigSpec, filter_fn: Callable[[nn.Module, str], bool] | None = None,
+    *, reconfigure: bool = False,
 ) -> nn.Module:
     """Replace the selected ``nn.Linear`` modules of ``model`` in place by their 2:4 versions; returns ``model``.
+
+    Modules that are already 2:4 (``SparseLinear``) and selected again are refused, unless ``reconfigure=True``:
+    then they are rebuilt with the new config from their dense weights (same parameters; mask and β recomputed).
+    Names and patterns of a dict config that select no linear layer are reported with a warning.
 
     Example::
 
@@ -98,12 +111,15 @@ def sparsify(
     if not isinstance(config, (SparseConfig, dict)):
         raise TypeError(f"config must be a SparseConfig or a dict of FQN -> config, not {type(config).__name__}")
     head = _output_head(model)
-    chosen = []
+    chosen, matched = [], set()
     for fqn, module in model.named_modules():
-        if not fqn or isinstance(module, SparseLinear):
+        if not fqn:
             continue
-        cfg, how = _resolve(config, fqn)
-        if cfg is None or (how == "pattern" and not _is_linear(module)):
+        cfg, how, key = _resolve(config, fqn)
+        linear = _is_linear(module) or isinstance(module, SparseLinear)
+        if key is not None and (linear or how == "exact"):
+            matched.add(key)
+        if cfg is None or (how == "pattern" and not linear):
             continue
         if how == "default":
             if module is head or not (filter_fn or _default_filter)(module, fqn):
@@ -114,14 +130,28 @@ def sparsify(
                 continue
         if type(cfg) not in _HANDLERS:
             raise TypeError(f"no sparsify handler for {type(cfg).__name__}; register one with @register_handler")
-        if not _is_linear(module):
+        if not linear:
             raise TypeError(f"{fqn} is a {type(module).__name__}, not an nn.Linear; only linear layers become 2:4")
         chosen.append((fqn, module, cfg))
+    unmatched = [k for k in (config if isinstance(config, dict) else ()) if k != "_default" and k not in matched]
+    if unmatched:
+        log.warning("sparse24: sparsify: %s matched no linear layer of the model (check the names: "
+                    "model.named_modules())", ", ".join(repr(k) for k in unmatched))
+    again = [(fqn, m) for fqn, m, _ in chosen if isinstance(m, SparseLinear)]
+    if again and not reconfigure:
+        fqn, m = again[0]
+        raise ValueError(
+            f"sparsify: {fqn} ({len(again)} modules in all) is already 2:4 ({type(m.config).__name__}); sparsify "
+            "converts dense linears only. Pass reconfigure=True to rebuild them with the new config from their dense "
+            "weights (mask and β recomputed), or call sparse24.unsparsify(model) first")
     for i, (fqn, module, cfg) in enumerate(chosen):
+        source = _as_linear(module) if isinstance(module, SparseLinear) else module
         try:
-            new = _HANDLERS[type(cfg)](module, cfg)
+            new = _HANDLERS[type(cfg)](source, cfg)
         except (ValueError, TypeError) as e:
             raise type(e)(f"{fqn}: {e}") from e
+        if isinstance(module, SparseLinear) and isinstance(new, SparseLinear):
+            new.conv1d = module.conv1d
         new.seed = i
         set_module(model, fqn, new)
     return model

@@ -91,7 +91,8 @@ def test_indivisible_linear_kept_dense_with_warning(caplog):
 
 
 def test_config_round_trip_and_errors():
-    for cfg in (MagnitudeConfig(mask_refresh=3), SRSTEConfig(decay=1e-4, decay_placement="weight"), SSTEConfig(fp8=True)):
+    for cfg in (MagnitudeConfig(mask_refresh=3), SRSTEConfig(decay=1e-4, decay_placement="weight"),
+                SSTEConfig(fp8=True)):
         assert SparseConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="unknown sparse24 method"):
         SparseConfig.from_dict({"method": "nope"})
@@ -103,3 +104,72 @@ def test_config_round_trip_and_errors():
         SRSTEConfig(decay_placement="optimizer")
     with pytest.raises(TypeError, match="SparseConfig"):
         sparsify(nn.Linear(4, 4), "sste")
+
+
+def test_resparsify_refuses_or_reconfigures_from_dense_weights(tiny_llama):
+    """Issue 11: a second sparsify of an already-2:4 model silently did nothing."""
+    from sparse24.masks import sste_scale, transposable_mask_24
+
+    model = sparsify(tiny_llama(layers=1, hidden=32), SSTEConfig())
+    for again in (SSTEConfig(), {"_default": None, "*.mlp.*": SRSTEConfig()}):
+        with pytest.raises(ValueError, match=r"already 2:4 \(SSTEConfig\).*reconfigure=True.*unsparsify"):
+            sparsify(model, again)
+    before = {n: m for n, m in sparse_modules(model)}
+    sparsify(model, {"_default": None, "*.mlp.*": SRSTEConfig()}, reconfigure=True)
+    after = dict(sparse_modules(model))
+    assert sorted(after) == sorted(before)
+    for n, m in after.items():
+        old = before[n]
+        assert m.weight is old.weight  # the same parameter: an optimizer keeps working
+        if ".mlp." in n:  # rebuilt from the dense weight with the new config (transposable mask, β unused)
+            assert isinstance(m.config, SRSTEConfig) and m is not old
+            assert torch.equal(m.mask, transposable_mask_24(m.weight.detach()))
+        else:
+            assert m is old and isinstance(m.config, SSTEConfig)
+            torch.testing.assert_close(m.scale if hasattr(m, "scale") else m.beta, sste_scale(m.weight.detach()))
+
+
+def test_names_and_patterns_that_match_nothing_warn(tiny_llama, caplog):
+    model = tiny_llama(layers=1, hidden=32)
+    sparsify(model, {"_default": None, "*.mlp.*": SRSTEConfig(), "*.feed_forward.*": SSTEConfig(),
+                     "model.layers.3.self_attn.q_proj": SSTEConfig(), "*.act_fn": SSTEConfig()})
+    assert len(list(sparse_modules(model))) == 3
+    text = caplog.text
+    assert "matched no linear layer" in text
+    for key in ("*.feed_forward.*", "model.layers.3.self_attn.q_proj", "*.act_fn"):
+        assert repr(key) in text
+    assert "'*.mlp.*'" not in text
+
+
+README_SNIPPET = '''
+import torch
+import sparse24
+from sparse24 import SSTEConfig, SRSTEConfig, FlipTracker, sparsify, update_masks, save_sparse
+from sparse24.demo import tiny_llama
+
+model = tiny_llama()                                                    # any HF causal LM (from_pretrained)
+model = sparsify(model, SSTEConfig())                                   # every linear but embeddings / lm_head
+# or FFNs only, per-FQN configs (fnmatch): sparsify(model, {"_default": None, "*.mlp.*": SRSTEConfig()})
+# a model that is already 2:4 is refused unless reconfigure=True (rebuilds from the dense weights)
+opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+tracker = FlipTracker()
+for step in range(3):                                                   # your loop (or `sparse24 train`)
+    ids = torch.randint(0, 256, (2, 16))
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    sparse24.apply_masked_decay(model)                                  # SR-STE: g += λ(1−M)⊙W, before the step
+    opt.step()
+    opt.zero_grad()
+    stats = update_masks(model, tracker)                                # refresh due masks; flip rates
+save_sparse(model, "ckpt", compressed=True, overwrite=True)             # an inference export (see Checkpoints)
+model, tokenizer, info = sparse24.load("ckpt")                          # any folder sparse24 writes, or plain HF
+'''
+
+
+def test_readme_library_snippet_runs_as_written(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    with pytest.warns(UserWarning, match="inference export"):
+        exec(compile(README_SNIPPET, "README.md", "exec"), scope)
+    assert scope["info"]["loader"] == "sparse24" and len(list(sparse_modules(scope["model"]))) == 14

@@ -220,9 +220,9 @@ def test_cli_method_ast_end_to_end(tiny_llama, tmp_path):
     assert extra["method"] == "ast" and extra["tokens_trained"] == 3 * 2 * 16 and extra["slorb"]["modules"]
     loaded = load_slorb_model(tmp_path / "out")
     assert all(is_24(m.sparse_weight()) for _, m in sparse_modules(loaded))
-    from sparse24.eval.loading import load_for_eval
+    from sparse24.loaders import load
 
-    evaluated, _, info = load_for_eval(tmp_path / "out")  # `sparse24 eval` sees the SLoRB terms too
+    evaluated, _, info = load(tmp_path / "out")  # `sparse24 eval` sees the SLoRB terms too
     assert info["method"] == "ast" and any(isinstance(m, SLoRBLinear) for m in evaluated.modules())
     assert main(argv) == 2  # the folder exists: refuses without --overwrite
 

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from sparse24.prune import cli as prune_cli
 
 from sparse24.cli import main
-from sparse24.compress import decompress_24
+from sparse24.compress import unpack_24_disk
 
 
 def _args(model_dir, out, *extra: str) -> argparse.Namespace:
@@ -71,7 +71,7 @@ def test_armor_cores_are_24_and_dense_equivalent_matches(runs):
     raw, dense = load_file(str(out / "armor.safetensors")), load_file(str(out / "model.safetensors"))
     orig = load_file(str(runs["model_dir"] / "model.safetensors"))
     for fqn, spec in layers.items():
-        core = decompress_24(raw[f"{fqn}.core.values"], raw[f"{fqn}.core.meta"], fqn).double()  # [out, in]
+        core = unpack_24_disk(raw[f"{fqn}.core.values"], raw[f"{fqn}.core.meta"], fqn).double()  # [out, in]
         assert list(core.shape) == spec["shape"]
         assert ((core.reshape(-1, 4) != 0).sum(-1) == 2).all(), fqn  # exactly 2 of every 4 kept
         a = torch.block_diag(*raw[f"{fqn}.a_blocks"].double())  # [out, out]
@@ -83,9 +83,9 @@ def test_armor_cores_are_24_and_dense_equivalent_matches(runs):
 
 
 def test_armor_eval_cli_matches_in_memory_model(runs, capsys):
-    from sparse24.eval.loading import load_for_eval
     from sparse24.prune.armor_linear import ArmorLinear
 
+    from sparse24.loaders import load
     from sparse24.texts import read_text, tokenize_text
 
     tmp, model_dir, res = runs["tmp"], runs["model_dir"], runs["full"]
@@ -98,7 +98,7 @@ def test_armor_eval_cli_matches_in_memory_model(runs, capsys):
     got = json.loads(out_json.read_text())
     assert got["info"]["method"] == "armor"
     assert math.isclose(next(iter(got["perplexity"].values()))["ppl"], expected, rel_tol=1e-5)
-    loaded, _, _ = load_for_eval(str(tmp / "full"))
+    loaded, _, _ = load(str(tmp / "full"))
     assert sum(isinstance(m, ArmorLinear) for m in loaded.modules()) == 14
     from transformers import AutoModelForCausalLM
 
