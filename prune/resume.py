@@ -35,8 +35,7 @@ class WorkState:
             shutil.rmtree(self.folder, ignore_errors=True)
         if run.is_file():
             old = json.loads(run.read_text())
-            diff = [f"  {k}: {_show(old.get(k))} (partial run) vs {_show(self.fingerprint.get(k))} (now)"
-                    for k in sorted(set(old) | set(self.fingerprint)) if old.get(k) != self.fingerprint.get(k)]
+            diff = _diff(old, self.fingerprint)
             if diff:
                 done = len(list(self.folder.glob("layer_*.safetensors")))
                 raise ValueError(f"{self.folder} holds a partial run ({done} layers done) made with different "
@@ -88,6 +87,20 @@ class WorkState:
             self.remove()
             return True
         return False
+
+
+def _diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """One line per differing key (one level into dicts, e.g. ``settings.percdamp``, ``model_files.<shard>``)."""
+    lines = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict) and not prefix:
+            lines += _diff(a, b, f"{k}.")
+        else:
+            lines.append(f"  {prefix}{k}: {_show(a)} (partial run) vs {_show(b)} (now)")
+    return lines
 
 
 def _show(v: Any) -> str:

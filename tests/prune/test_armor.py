@@ -20,7 +20,7 @@ from sparse24.prune.armor import (
     sparse_core_step,
     update_groups,
 )
-from sparse24.prune.armor_linear import ArmorLinear, armor_parameter_overhead, load_armor, save_armor
+from sparse24.prune.armor_linear import ArmorLinear, armor_parameter_overhead, load_armor
 
 F64 = torch.float64
 
