@@ -6,7 +6,7 @@ normalised weight, weighted per input column by the Hessian diagonal ``h`` (one 
 Start from NoWag-P (``A = B = I``), then block-coordinate descent: one Adam step on ``A, B, X``, then an exact
 discrete update of one group of 4 per (output block, input block) pair — all pairs at once, since a group only
 touches its own block of the product. The discrete step never increases the loss (it keeps the old values when the
-best of the 6 supports is not better). See spec ``algorithms.md`` §5.
+best of the 6 supports is not better).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Layer-sequential calibration driver (algorithms.md §6): the loop every one-shot pruner runs inside.
+"""Layer-sequential calibration driver (the Wanda/SparseGPT protocol): the loop every one-shot pruner runs inside.
 
 For each decoder layer ``l``: load only that layer (from the safetensors shards) onto the device, hook its target
 linears, run the calibration inputs through it to collect the statistics the pruner asked for, prune every target

@@ -96,3 +96,33 @@ def test_no_target_and_unknown_architecture_errors(tiny_model_dir, tmp_path):
 
     with pytest.raises(ValueError, match="gpt2.*not supported.*lacks model.layers"):
         decoder_layers(Odd())
+
+
+def test_driver_keeps_the_extras_a_pruner_declares_and_refuses_others(tiny_model_dir, tmp_path):
+    """The driver names no method: extra tensors travel by the names the pruner class declares."""
+    from sparse24.prune.base import PruneResult
+    from sparse24.prune.magnitude import MagnitudePruner
+
+    class Scaled(MagnitudePruner):
+        extra_tensors = ("scale",)
+
+        def prune(self, weight, stats):
+            res = super().prune(weight, stats)
+            return PruneResult(res.weight, res.mask, {"scale": weight.abs().amax(1)}, info={"rows": weight.shape[0]})
+
+    out = prune_layers(tiny_model_dir, Scaled(), None, DriverArgs(progress=False), WorkState(tmp_path / "w", {}))
+    from safetensors.torch import load_file
+
+    dense = load_file(str(tiny_model_dir / "model.safetensors"))
+    assert sorted(out.extras) == sorted(out.weights) and len(out.extras) == 14
+    for name, t in out.extras.items():
+        assert torch.equal(t["scale"], dense[name + ".weight"].abs().amax(1))
+    assert all(r["rows"] == r["shape"][0] for r in out.report)
+
+    class Undeclared(MagnitudePruner):
+        def prune(self, weight, stats):
+            res = super().prune(weight, stats)
+            return PruneResult(res.weight, res.mask, {"scale": weight[:, 0]})
+
+    with pytest.raises(RuntimeError, match=r"extra tensors \['scale'\].*extra_tensors=\(\)"):
+        prune_layers(tiny_model_dir, Undeclared(), None, DriverArgs(progress=False), WorkState(tmp_path / "w2", {}))

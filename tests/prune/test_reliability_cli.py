@@ -243,12 +243,13 @@ def test_saved_method_is_the_real_method(model, tmp_path):
 
 
 def test_armor_quick_defaults_fit_smollm2_shapes(tmp_path):
-    """SmolLM2-135M's shapes (hidden 576, k/v 192, MLP 1536): 128 divides none of them; --quick's defaults must."""
+    """SmolLM2-135M's attention shapes (hidden 576, k/v 192; its MLP is cut to 576 for speed): the paper's block 128
+    divides neither, --quick's defaults must fit (auto: 96, as on the real model)."""
     from prune_fixtures import _calib_text, make_tokenizer
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tok = make_tokenizer()
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=576, intermediate_size=1536, num_hidden_layers=1,
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=576, intermediate_size=576, num_hidden_layers=1,
                       num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=2048,
                       tie_word_embeddings=True)
     torch.manual_seed(0)

@@ -88,9 +88,12 @@ def test_help_and_method_list(capsys):
         main(["prune", "--help"])
     text = capsys.readouterr().out
     assert "WandaSparsifier" in text and "--nsamples" in text and "resumes" in text
+    assert "--armor-iters" in text and "--blocksize" in text and "--quick: 32" in text  # each method's own group
+    assert ".md" not in text  # no pointer to a document that is not in the repository
     assert main(["prune", "--method", "list"]) == 0
     listing = capsys.readouterr().out
-    assert all(m in listing for m in ("magnitude", "wanda", "sparsegpt"))
+    assert all(m in listing for m in ("magnitude", "wanda", "sparsegpt", "armor", "--format", "sparse24"))
+    assert "ast" in listing and "sparse24 retrain" in listing
     assert main(["prune", "--method", "nope", "--out", "x"]) == 2
 
 
