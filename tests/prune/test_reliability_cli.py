@@ -194,11 +194,17 @@ def test_quick_keeps_the_values_the_user_gave(model, tmp_path):
 
 def test_prints_every_file_it_wrote_and_the_expected_time(model, tmp_path, capsys):
     out = tmp_path / "o"
-    assert main(_argv(model, out, "--compressed", method="wanda")) == 0
-    text = capsys.readouterr().out
-    assert f"wrote {out.resolve()}/" in text and "should take about" in text
-    listed = {line.split()[0] for line in text.splitlines()[text.splitlines().index(f"wrote {out.resolve()}/:") + 1:]}
-    assert listed == {p.name for p in out.iterdir()}  # every file in the folder, nothing else
+    argv = _argv(model, out, "--compressed", "--eval", "--eval-text", str(model / "calib.txt"), "--eval-windows", "2",
+                 method="wanda")
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any("should take about" in line for line in lines)
+    head = lines.index(f"wrote {out.resolve()}/:")
+    listed = {line.split()[0] for line in lines[head + 1:] if line.startswith("  ")}
+    assert listed == {p.name for p in out.iterdir()} - {"quick_eval.json"}  # every file of the checkpoint
+    assert f"wrote {(out / 'quick_eval.json').resolve()}" in lines
+    rows = json.loads((out / "quick_eval.json").read_text())
+    assert set(rows) == {"dense", "wanda"} and rows["dense"]["windows"] == 2
 
 
 def test_method_ast_points_to_retrain_and_unknown_format_is_refused(model, tmp_path, capsys):
