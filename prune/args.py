@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-__all__ = ["flag", "add_group", "from_namespace", "flag_name", "NoArgs", "ModelArgs", "CalibArgs", "OutputArgs",
-           "EvalArgs", "positive", "non_negative"]
+__all__ = ["flag", "add_group", "from_namespace", "flag_name", "given", "NoArgs", "ModelArgs", "CalibArgs",
+           "OutputArgs", "EvalArgs", "positive", "non_negative"]
 
 T = TypeVar("T")
 _NO_QUICK = object()
@@ -90,6 +90,11 @@ def from_namespace(cls: type[T], ns: argparse.Namespace, quick: bool = False, **
             kwargs[f.name] = f.metadata["quick"]
     kwargs.update(overrides)
     return cls(**kwargs)
+
+
+def given(cls: type, ns: argparse.Namespace) -> list[str]:
+    """The flags of group ``cls`` the user typed (their command-line spellings)."""
+    return [flag_name(cls, f.name) for f in dataclasses.fields(cls) if hasattr(ns, _dest(cls, f.name))]
 
 
 def positive(cls: type, obj: Any, *names: str) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sparse24.prune.args import CalibArgs, EvalArgs, ModelArgs, OutputArgs, add_group, flag_name, from_namespace
+from sparse24.prune.args import CalibArgs, EvalArgs, ModelArgs, OutputArgs, add_group, from_namespace, given
 
 __all__ = ["add_arguments", "run", "PruneJob", "Pruned", "parse_job", "job_from_namespace", "prune_checkpoint",
            "quick_eval", "run_fingerprint"]
@@ -102,10 +102,10 @@ def job_from_namespace(ns: argparse.Namespace) -> PruneJob:
 
     cls = pruner_class(ns.method)
     for name, other in _pruners().items():
-        given = [f for f in other.Args.__dataclass_fields__ if hasattr(ns, f"{other.Args.__name__}.{f}")]
-        if other is not cls and given:
-            raise ValueError(f"{flag_name(other.Args, given[0])} is an option of --method {name}, not of --method "
-                             f"{ns.method}; drop it or choose --method {name}")
+        typed = given(other.Args, ns)
+        if other is not cls and typed:
+            raise ValueError(f"{typed[0]} is an option of --method {name}, not of --method {ns.method}; drop it or "
+                             f"choose --method {name}")
     quick = ns.quick
     output = from_namespace(OutputArgs, ns, quick)
     if output.out is None and quick:
