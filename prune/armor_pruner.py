@@ -37,6 +37,7 @@ class ArmorPruner(Pruner):
     summary: ClassVar[str] = "W ≈ D_r·A·(2:4 core)·B·D_c, block-diag A/B learned on NoWag's proxy (adds params)"
     Args: ClassVar[type] = ArmorArgs
     extra_tensors: ClassVar[tuple[str, ...]] = LEAVES
+    formats: ClassVar[tuple[str, ...] | None] = ("sparse24",)  # A'·core·B' has no place in other formats
 
     def prune(self, weight: Tensor, stats: LayerStats | None) -> PruneResult:
         if stats is None or stats.sqnorm is None:

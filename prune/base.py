@@ -15,7 +15,7 @@ Everything method-specific is declared on the pruner class, so the driver and th
   (saved with every layer, handed back to :meth:`Pruner.assemble`).
 - :meth:`Pruner.assemble`, :meth:`Pruner.check_24`, :meth:`Pruner.save`: how the whole model is rebuilt from the
   per-linear results, what must be exactly 2:4, and how it is written (default: ``SparseLinear`` modules through
-  :func:`sparse24.io.save_sparse`).
+  :func:`sparse24.io.save_sparse`); ``formats``: the ``--format`` writers that can hold the result (``None``: all).
 """
 
 from __future__ import annotations
@@ -78,6 +78,7 @@ class Pruner:
     summary: ClassVar[str] = ""
     Args: ClassVar[type] = NoArgs
     extra_tensors: ClassVar[tuple[str, ...]] = ()
+    formats: ClassVar[tuple[str, ...] | None] = None
 
     def __init__(self, args: Any = None, **kwargs: Any) -> None:
         if args is not None and kwargs:

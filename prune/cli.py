@@ -208,6 +208,9 @@ def prune_checkpoint(method: str = "sparsegpt", method_args: Any = None, *, mode
 
     pruner = get_pruner(method, method_args)
     writer = get_writer(output.format)
+    if pruner.formats is not None and output.format not in pruner.formats:
+        raise ValueError(f"--method {pruner.name} cannot be written as --format {output.format}; it supports "
+                         f"{', '.join(pruner.formats)}")
     if output.out is None:
         raise ValueError("--out is required (the folder for the pruned model), or use --quick")
     out = Path(output.out)

@@ -234,6 +234,18 @@ def test_format_registry_hands_the_writer_the_whole_job(model, tmp_path):
     assert (tmp_path / "o" / "probe.txt").is_file() and (tmp_path / "o" / "tokenizer.json").is_file()
 
 
+def test_a_format_the_method_cannot_fill_is_refused_before_work(model, tmp_path, capsys):
+    from sparse24.prune import formats
+
+    formats.register_writer("plain-24", "test writer")(lambda job: [])
+    try:
+        assert main(_argv(model, tmp_path / "o", "--format", "plain-24", method="armor")) == 2
+    finally:
+        formats.WRITERS.pop("plain-24")
+    assert "--method armor cannot be written as --format plain-24" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists() and not (tmp_path / "o.partial").exists()
+
+
 def test_saved_method_is_the_real_method(model, tmp_path):
     import inspect
 
