@@ -2,12 +2,14 @@
 
 Writes ``benchmarks/results/armor_quality.md`` (and ``.json``). Protocol = ``sparse24 prune --quick``: calibration
 ``--nsamples`` windows of ``--seqlen`` tokens from the ``calib`` text (seed 0); perplexity on ``--eval-text`` with
-``--eval-windows`` non-overlapping windows of ``--eval-seqlen``. ARMOR runs every linear of every decoder layer for
+``--eval-windows`` non-overlapping windows of ``--eval-seqlen``. Every model is pruned by ``sparse24 prune``'s own
+typed function (:func:`sparse24.prune.cli.prune_checkpoint`, the shared layer driver). ARMOR runs every linear of every
+decoder layer for
 at most ``--iters`` iterations (the paper: 20 000; a CPU can afford a few hundred) with ``--lr`` (paper 1e-4; with 100×
-fewer iterations a 10× larger step is what makes the short budget useful). The SparseGPT number comes from the
-pruning CLI's functions on the same calibration and evaluation protocol (or ``--sparsegpt-ppl``).
-Gap closed = (ppl_SparseGPT − ppl_ARMOR) / (ppl_SparseGPT − ppl_dense). Resumable: per-linear results are kept in
-``--work`` until the run finishes.
+fewer iterations a 10× larger step is what makes the short budget useful); NoWag-P is ARMOR with 0 iterations. The
+SparseGPT number comes from the same function and protocol (or ``--sparsegpt-ppl``).
+Gap closed = (ppl_SparseGPT − ppl_ARMOR) / (ppl_SparseGPT − ppl_dense). Resumable layer by layer: each pruned
+model is written under ``--work`` (with ``<name>.partial/`` while it runs).
 
     python benchmarks/armor_quality.py      # estimate, 2 free CPU cores: ARMOR ~35 min + SparseGPT ~10 + evals
     python benchmarks/armor_quality.py --iters 50 --sparsegpt-ppl <from pruning_quality.md>   # ~20 min
@@ -19,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
 from datetime import date
 from pathlib import Path
 
@@ -40,79 +41,77 @@ def parse() -> argparse.Namespace:
     p.add_argument("--eval-seqlen", type=int, default=512)
     p.add_argument("--eval-windows", type=int, default=96)
     p.add_argument("--sparsegpt-ppl", type=float, default=None, help="skip running SparseGPT, use this number")
-    p.add_argument("--work", type=Path, default=ROOT / "out" / "armor-quality.partial")
+    p.add_argument("--work", type=Path, default=ROOT / "out" / "armor-quality", help="pruned models (and their "
+                   "<name>.partial/ while running)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "armor_quality.md")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--model", default="smollm2-135m", help="the model (default SmolLM2-135M; a tiny HF folder for a "
+                   "smoke test)")
+    p.add_argument("--calib", default="calib", help="calibration text (default calib)")
     return p.parse_args()
 
 
-def sparsegpt_ppl(args: argparse.Namespace, ppl_kw: dict, tokens: torch.Tensor) -> tuple[float, float]:
-    """SparseGPT through the pruning CLI's own function (same calibration protocol); (ppl, seconds)."""
-    from sparse24.eval.perplexity import perplexity
-    from sparse24.prune.cli import add_arguments, prune_checkpoint
+def prune(method: str, method_args, out: Path, args: argparse.Namespace):
+    """One model through ``sparse24 prune``'s typed function (resumes a killed run of the same arguments)."""
+    from sparse24.prune.args import CalibArgs, ModelArgs, OutputArgs
+    from sparse24.prune.cli import prune_checkpoint
 
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    cli = parser.parse_args(["--method", "sparsegpt", "--nsamples", str(args.nsamples), "--seqlen", str(args.seqlen),
-                             "--out", str(ROOT / "out" / "armor-quality-sparsegpt"), "--overwrite", "--no-progress"])
-    t0 = time.time()
-    res = prune_checkpoint(cli)
-    return perplexity(res["model"], tokens, args.eval_seqlen, **ppl_kw)["ppl"], time.time() - t0
+    if (out / "sparse24_config.json").is_file():  # finished earlier: prune_checkpoint would refuse to replace it
+        import shutil
+
+        shutil.rmtree(out)
+    return prune_checkpoint(method, method_args, model=ModelArgs(model=args.model, threads=args.threads),
+                            calib=CalibArgs(text=args.calib, nsamples=args.nsamples, seqlen=args.seqlen),
+                            output=OutputArgs(out=out, progress=False))
 
 
 def main() -> None:
     args = parse()
-    if args.threads:
-        torch.set_num_threads(args.threads)
     import transformers
     from sparse24.eval.perplexity import perplexity
-    from sparse24.prune.armor import ArmorSettings
-    from sparse24.prune.armor_linear import armor_parameter_overhead
-    from sparse24.prune.armor_model import armor_prune_model
+    from sparse24.prune.armor import ArmorArgs
+    from sparse24.prune.sparsegpt import SparseGPTArgs
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from sparse24 import __version__
     from sparse24.assets import resolve_model
-    from sparse24.texts import calibration_samples, read_text, tokenize_text
+    from sparse24.texts import read_text, tokenize_text
 
-    model_dir = resolve_model("smollm2-135m")
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    calib = calibration_samples(tokenize_text(tok, read_text("calib")), args.nsamples, args.seqlen, 0)
-    tokens = tokenize_text(tok, read_text(args.eval_text))
+    model_dir = resolve_model(args.model)
+    tokens = tokenize_text(AutoTokenizer.from_pretrained(model_dir), read_text(args.eval_text))
     ppl_kw = {"max_windows": args.eval_windows, "text_name": args.eval_text}
-    load = lambda: AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()  # noqa: E731
-    rows = {"dense": perplexity(load(), tokens, args.eval_seqlen, **ppl_kw)["ppl"]}
+    dense = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    rows = {"dense": perplexity(dense, tokens, args.eval_seqlen, **ppl_kw)["ppl"]}
+    del dense
     print(f"dense ppl {rows['dense']:.3f}", flush=True)
 
     bs = args.block_size if args.block_size == "auto" else int(args.block_size)
-    nowag = load()
-    armor_prune_model(nowag, calib, ArmorSettings(block_size=bs, iters=0), progress=False)
-    rows["NoWag-P (ARMOR iters=0)"] = perplexity(nowag, tokens, args.eval_seqlen, **ppl_kw)["ppl"]
+    nowag = prune("armor", ArmorArgs(block_size=bs, iters=0), args.work / "nowag-p", args)
+    rows["NoWag-P (ARMOR iters=0)"] = perplexity(nowag.model, tokens, args.eval_seqlen, **ppl_kw)["ppl"]
     del nowag
     print(f"NoWag-P ppl {rows['NoWag-P (ARMOR iters=0)']:.3f}", flush=True)
 
-    settings = ArmorSettings(block_size=bs, iters=args.iters, lr=args.lr, sparse_steps=args.sparse_steps)
-    model = load()
-    t0 = time.time()
-    results = armor_prune_model(model, calib, settings, work_dir=args.work)
-    armor_s = time.time() - t0
+    settings = ArmorArgs(block_size=bs, iters=args.iters, lr=args.lr, sparse_steps=args.sparse_steps)
+    armor = prune("armor", settings, args.work / "armor", args)
     label = f"ARMOR ({args.iters} it)"
-    rows[label] = perplexity(model, tokens, args.eval_seqlen, **ppl_kw)["ppl"]
-    print(f"ARMOR ppl {rows[label]:.3f} ({armor_s:.0f}s)", flush=True)
-    over = armor_parameter_overhead(model)
+    rows[label] = perplexity(armor.model, tokens, args.eval_seqlen, **ppl_kw)["ppl"]
+    print(f"ARMOR ppl {rows[label]:.3f} ({armor.seconds:.0f}s)", flush=True)
+    over = json.loads((armor.out / "sparse24_config.json").read_text())["extra"]["armor"]["params"]
+    report = armor.record["report"]
 
     sgpt_s = None
     if args.sparsegpt_ppl is not None:
         rows["SparseGPT"] = args.sparsegpt_ppl
     else:
-        rows["SparseGPT"], sgpt_s = sparsegpt_ppl(args, ppl_kw, tokens)
+        sgpt = prune("sparsegpt", SparseGPTArgs(), args.work / "sparsegpt", args)
+        rows["SparseGPT"], sgpt_s = perplexity(sgpt.model, tokens, args.eval_seqlen, **ppl_kw)["ppl"], sgpt.seconds
     gap = (rows["SparseGPT"] - rows[label]) / (rows["SparseGPT"] - rows["dense"])
-    loss0 = sum(r.loss_init for r in results.values()) / len(results)
-    loss1 = sum(r.loss for r in results.values()) / len(results)
-    iters = sum(r.iters for r in results.values()) / len(results)
-    record = {"ppl": rows, "gap_closed_vs_sparsegpt": gap, "armor_seconds": armor_s, "sparsegpt_seconds": sgpt_s,
-              "mean_proxy_loss": {"nowag_p": loss0, "armor": loss1}, "mean_iters": iters, "params": over,
-              "settings": settings.to_dict(), "args": {k: str(v) for k, v in vars(args).items()},
+    mean = lambda key: sum(r[key] for r in report) / len(report)  # noqa: E731
+    record = {"ppl": rows, "gap_closed_vs_sparsegpt": gap, "armor_seconds": armor.seconds,
+              "sparsegpt_seconds": sgpt_s, "mean_proxy_loss": {"nowag_p": mean("proxy_loss_init"),
+                                                               "armor": mean("proxy_loss")},
+              "mean_iters": mean("iters"), "params": over, "settings": settings.to_dict(),
+              "args": {k: str(v) for k, v in vars(args).items()},
               "device": f"CPU ({platform.processor() or platform.machine()}), {torch.get_num_threads()} threads",
               "date": str(date.today()), "versions": {"sparse24": __version__, "torch": torch.__version__,
                                                       "transformers": transformers.__version__}}
@@ -120,9 +119,6 @@ def main() -> None:
     args.out.with_suffix(".json").write_text(json.dumps(record, indent=2))
     args.out.write_text(render(record, args, label))
     print(args.out.read_text())
-    import shutil
-
-    shutil.rmtree(args.work, ignore_errors=True)
 
 
 def render(r: dict, args: argparse.Namespace, label: str) -> str:

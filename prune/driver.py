@@ -1,17 +1,24 @@
-"""Layer-sequential calibration driver (algorithms.md §6): the loop every one-shot pruner runs inside.
+"""Layer-sequential calibration driver (the Wanda/SparseGPT protocol): the loop every one-shot pruner runs inside.
 
 For each decoder layer ``l``: load only that layer (from the safetensors shards) onto the device, hook its target
 linears, run the calibration inputs through it to collect the statistics the pruner asked for, prune every target
 linear, then produce the inputs of layer ``l+1``: re-run the *pruned* layer (``pruner.sequential``, Wanda/SparseGPT)
 or keep the dense outputs of the statistics pass (layers independent, e.g. ARMOR). The layer then goes back to the
 meta device; only one layer plus the activations ``[nsamples, seqlen, hidden]`` live on the device at a time.
-Progress is written after every layer (:mod:`sparse24.prune.resume`).
+Progress is written after every layer (:mod:`sparse24.prune.resume`). The driver names no method: what a pruner
+returns besides weight and mask is declared by its ``extra_tensors`` (see :mod:`sparse24.prune.base`).
+
+NaN/Inf are caught where they enter: every parameter of a loaded layer is checked (an error names the parameter and
+blames the checkpoint), the calibration activations entering every layer and the statistics of every linear's input
+are checked (an error names the module and blames the activations, never the weights or the Hessian), and so is every
+pruner's output.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,12 +33,16 @@ from torch import Tensor, nn
 
 from sparse24.masks import is_24
 
-__all__ = ["PruneOptions", "PruneOutcome", "prune_layers", "matches", "skeleton"]
+__all__ = ["DriverArgs", "PruneOutcome", "NonFiniteError", "prune_layers", "matches", "skeleton"]
+
+
+class NonFiniteError(RuntimeError):
+    """NaN/Inf met while pruning; the message names the module and whether weights or activations are at fault."""
 
 
 @dataclass
-class PruneOptions:
-    """Everything about a run except the pruner: what to prune, where, in which dtype, in which batches."""
+class DriverArgs:
+    """Everything about a run except the pruner, resolved: what to prune, where, in which dtype and batches."""
 
     targets: list[str] = field(default_factory=lambda: ["*"])
     ignore: list[str] = field(default_factory=list)
@@ -48,10 +59,7 @@ class PruneOutcome:
     weights: dict[str, Tensor]
     masks: dict[str, Tensor]
     report: list[dict[str, Any]]
-    extras: dict[str, dict[str, Tensor]] = field(default_factory=dict)  # ARMOR: {name: {a_blocks, b_blocks, core}}
-
-
-EXTRA_LEAVES = ("a_blocks", "b_blocks", "core")  # per-linear tensors a pruner may return besides weight and mask
+    extras: dict[str, dict[str, Tensor]] = field(default_factory=dict)  # {name: {leaf: tensor}}, pruner.extra_tensors
 
 
 def matches(name: str, targets: list[str], ignore: list[str]) -> bool:
@@ -94,11 +102,39 @@ class _Recorder(nn.Module):
         return hidden
 
 
-def _capture(model: nn.Module, reader: ShardReader, calib: Tensor, opts: PruneOptions,
+def _nonfinite(t: Tensor) -> int:
+    return int((~torch.isfinite(t)).sum()) if t.is_floating_point() else 0
+
+
+def _check_params(module: nn.Module, prefix: str) -> None:
+    """Every parameter and buffer of a freshly loaded module is finite, else the checkpoint is at fault."""
+    for key, t in module.state_dict().items():
+        bad = _nonfinite(t)
+        if bad:
+            raise NonFiniteError(f"{prefix}.{key}: the checkpoint's weights contain {bad} NaN/Inf values (of "
+                                 f"{t.numel()}); the source model is broken, not the calibration data: repair or "
+                                 "re-download the checkpoint, or keep this module out of --targets")
+
+
+def _check_acts(hidden: Tensor, index: int, pruned_before: bool) -> None:
+    """The calibration activations entering decoder layer ``index`` are finite, else name where they came from."""
+    bad = _nonfinite(hidden)
+    if not bad:
+        return
+    src = ("the embeddings (model.embed_tokens, whose weights are finite)" if index == 0 else
+           f"the output of model.layers.{index - 1} ({'pruned' if pruned_before else 'dense'}), computed from finite "
+           "inputs with finite weights")
+    raise NonFiniteError(f"model.layers.{index}: the calibration activations entering this layer contain {bad} "
+                         f"NaN/Inf values, produced by {src}: the activations overflowed, the weights are not at "
+                         "fault; compute in float32 (--dtype float32) or calibrate on other text (--calib)")
+
+
+def _capture(model: nn.Module, reader: ShardReader, calib: Tensor, opts: DriverArgs,
              need_hidden: bool) -> tuple[Tensor | None, list[dict[str, Any]]]:
     """Embed the calibration samples (``[N, T]`` ids) -> layer-0 inputs ``[N, T, H]`` and each layer's kwargs."""
     inner, layers = model.model, decoder_layers(model)
     reader.load_module(inner.embed_tokens, "model.embed_tokens", opts.device, opts.dtype)
+    _check_params(inner.embed_tokens, "model.embed_tokens")
     with torch.device(opts.device):
         inner.rotary_emb = type(inner.rotary_emb)(config=model.config)  # buffers are recomputed, not stored
     originals = list(layers)
@@ -152,9 +188,23 @@ def _errors(w: Tensor, new: Tensor, mask: Tensor, probe: Tensor | None,
     return row
 
 
+def _check_stats(full: str, index: int, st: LayerStats | None, probe: Tensor | None) -> None:
+    """A linear's input statistics are finite, else its (finite-weight) inputs are at fault, not the Hessian."""
+    if st is None:
+        return
+    bad = sum(_nonfinite(t) for t in (st.sqnorm, st.hessian) if t is not None)
+    if not bad:
+        return
+    peak = f"; largest |x| in a probe of its inputs: {float(probe.abs().max()):.3g}" if probe is not None else ""
+    raise NonFiniteError(f"{full}: the calibration activations at this linear's input are NaN/Inf or overflow "
+                         f"({bad} non-finite statistics{peak}); they are produced inside model.layers.{index} from "
+                         "finite inputs and finite weights, so the activations are at fault, not the weights or the "
+                         "Hessian (more samples will not help): compute in float32 (--dtype float32)")
+
+
 @torch.no_grad()
 def _prune_layer(index: int, layer: nn.Module, names: dict[str, str], pruner: Pruner, hidden: Tensor | None,
-                 kwargs: dict[str, Any], opts: PruneOptions) -> tuple[Tensor | None, dict, list]:
+                 kwargs: dict[str, Any], opts: DriverArgs) -> tuple[Tensor | None, dict, list]:
     """Prune the target linears of one loaded layer; returns (next inputs, tensors to save, report rows)."""
     linears = {full: layer.get_submodule(sub) for full, sub in names.items()}
     stats: dict[str, LayerStats | None] = dict.fromkeys(linears)
@@ -170,22 +220,30 @@ def _prune_layer(index: int, layer: nn.Module, names: dict[str, str], pruner: Pr
     tensors, rows = {}, []
     for full, lin in linears.items():
         w = lin.weight.detach()
+        _check_stats(full, index, stats[full], probes[full])
         res = pruner.prune(w, stats[full])
         if res.weight.shape != w.shape or res.mask.shape != w.shape or res.mask.dtype != torch.bool:
             raise RuntimeError(f"pruner {pruner.name!r} returned bad shapes/dtypes for {full}")
-        extra = getattr(res, "extra", None) or {}
+        if set(res.extra) != set(pruner.extra_tensors):
+            raise RuntimeError(f"pruner {pruner.name!r} returned extra tensors {sorted(res.extra)} for {full}; its "
+                               f"class declares extra_tensors={pruner.extra_tensors}")
+        bad = _nonfinite(res.weight) + sum(_nonfinite(t) for t in res.extra.values())
+        if bad:
+            raise NonFiniteError(f"{full}: {pruner.name} produced {bad} NaN/Inf values from finite weights and finite "
+                                 "activation statistics (a numerical failure of the method); compute in float32 "
+                                 "(--dtype float32) or change the method's settings")
         rows.append({"layer": index, "name": full, "shape": list(w.shape),
-                     **_errors(w, res.weight, res.mask, probes[full], extra.get("core"))})
+                     **_errors(w, res.weight, res.mask, probes[full], res.sparse), **res.info})
         lin.weight.copy_(res.weight.to(w.dtype))
         tensors[full + ".weight"], tensors[full + ".mask"] = lin.weight.detach(), res.mask
-        tensors.update({f"{full}.{k}": t for k, t in extra.items()})
+        tensors.update({f"{full}.{k}": t for k, t in res.extra.items()})
     if hidden is None:
         return None, tensors, rows
     nxt = _run_layer(layer, hidden, kwargs, opts.batch_size, None, True) if pruner.sequential else dense_out
     return nxt, tensors, rows
 
 
-def _targets(layers: nn.ModuleList, opts: PruneOptions) -> list[dict[str, str]]:
+def _targets(layers: nn.ModuleList, opts: DriverArgs) -> list[dict[str, str]]:
     per_layer = []
     for i, layer in enumerate(layers):
         sel = {f"model.layers.{i}.{sub}": sub for sub, m in layer.named_modules()
@@ -200,9 +258,16 @@ def _targets(layers: nn.ModuleList, opts: PruneOptions) -> list[dict[str, str]]:
     return per_layer
 
 
-def prune_layers(model_dir: Path, pruner: Pruner, calib: Tensor | None, opts: PruneOptions, state: WorkState,
+def _eta(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min" if seconds < 5400 else \
+        f"{seconds / 3600:.1f} h"
+
+
+def prune_layers(model_dir: Path, pruner: Pruner, calib: Tensor | None, opts: DriverArgs, state: WorkState,
                  on_layer_done: Callable[[int], None] | None = None) -> PruneOutcome:
-    """Run the whole layer loop (resuming from ``state``) and return every pruned weight, mask and report row."""
+    """Run the whole layer loop (resuming from ``state``) and return every pruned weight, mask and report row.
+
+    After the first layer of this session it prints the expected time of the rest (from that layer's rate)."""
     from tqdm.auto import tqdm
 
     model = skeleton(model_dir)
@@ -219,13 +284,22 @@ def prune_layers(model_dir: Path, pruner: Pruner, calib: Tensor | None, opts: Pr
     bar = tqdm(range(start, len(layers)), desc=f"{pruner.name} layers", disable=not opts.progress,
                initial=start, total=len(layers))
     for i in bar:
+        t0 = time.time()
         layer = layers[i]
         reader.load_module(layer, f"model.layers.{i}", opts.device, opts.dtype)
+        _check_params(layer, f"model.layers.{i}")
+        if needs_data:
+            _check_acts(hidden, i, pruner.sequential)
         hidden, tensors, rows = _prune_layer(i, layer, names[i], pruner, hidden if needs_data else None,
                                              kwargs[i], opts)
         state.save_layer(i, tensors, {"rows": rows})
         state.save_acts(i + 1, hidden)
         layer.to("meta")
+        left = len(layers) - i - 1
+        if i == start and left:
+            took = time.time() - t0
+            tqdm.write(f"{pruner.name}: layer {i + 1}/{len(layers)} took {_eta(took)}; the remaining {left} layers "
+                       f"should take about {_eta(took * left)} on this machine")
         if on_layer_done is not None:
             on_layer_done(i)
     weights, masks, report, extras = {}, {}, [], {}
@@ -234,7 +308,7 @@ def prune_layers(model_dir: Path, pruner: Pruner, calib: Tensor | None, opts: Pr
         report += rep.get("rows", [])
         for key, t in tensors.items():
             name, _, leaf = key.rpartition(".")
-            if leaf in EXTRA_LEAVES:
+            if leaf in pruner.extra_tensors:
                 extras.setdefault(name, {})[leaf] = t
             else:
                 (masks if leaf == "mask" else weights)[name] = t

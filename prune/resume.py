@@ -1,10 +1,13 @@
 """The ``<out>.partial/`` work folder that makes a pruning run resumable.
 
-``run.json`` holds the run's fingerprint (model, method and settings, calibration hash, targets, dtype, batch size).
+``run.json`` holds the run's fingerprint (the source model by content, method and settings, calibration hash, targets,
+dtype, batch size; built by :func:`sparse24.prune.cli.run_fingerprint`).
 After layer ``l`` the driver writes ``layer_0000l.safetensors`` (pruned weights, masks, per-linear report) and then
 ``acts.safetensors`` (the calibration inputs of layer ``l+1``); both by write-to-temp + rename, so a killed run leaves
-either the old or the new file, never half of one. A restart with the same fingerprint continues at the layer named in
-``acts.safetensors`` and produces bit-identical output; a different fingerprint is refused, nothing is touched.
+either the old or the new file, never half of one. A restart with the same fingerprint continues at the layer named
+in ``acts.safetensors`` and produces bit-identical output; a different fingerprint is refused naming every
+difference, nothing is touched. A folder with no finished layer holds nothing worth keeping:
+:meth:`WorkState.discard_if_empty` removes it after a failure, so a corrected rerun starts cleanly.
 """
 
 from __future__ import annotations
@@ -32,11 +35,13 @@ class WorkState:
             shutil.rmtree(self.folder, ignore_errors=True)
         if run.is_file():
             old = json.loads(run.read_text())
-            diff = [f"{k}: {old.get(k)!r} (before) vs {self.fingerprint.get(k)!r} (now)"
-                    for k in sorted(set(old) | set(self.fingerprint)) if old.get(k) != self.fingerprint.get(k)]
+            diff = _diff(old, self.fingerprint)
             if diff:
-                raise ValueError(f"{self.folder} holds a partial run with different arguments ({'; '.join(diff)}); "
-                                 "rerun with the same arguments to resume, or pass --overwrite to start over")
+                done = len(list(self.folder.glob("layer_*.safetensors")))
+                raise ValueError(f"{self.folder} holds a partial run ({done} layers done) made with different "
+                                 "arguments or a different source model:\n" + "\n".join(diff) + "\nrerun with the "
+                                 "partial run's arguments to resume it, or pass --overwrite to discard it and start "
+                                 "over")
         else:
             self.folder.mkdir(parents=True, exist_ok=True)
             atomic_write_json(run, self.fingerprint)
@@ -75,3 +80,29 @@ class WorkState:
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+    def discard_if_empty(self) -> bool:
+        """Remove the folder when no layer was finished (after a failure); True if it was removed."""
+        if self.folder.is_dir() and not any(self.folder.glob("layer_*.safetensors")):
+            self.remove()
+            return True
+        return False
+
+
+def _diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """One line per differing key (one level into dicts, e.g. ``settings.percdamp``, ``model_files.<shard>``)."""
+    lines = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict) and not prefix:
+            lines += _diff(a, b, f"{k}.")
+        else:
+            lines.append(f"  {prefix}{k}: {_show(a)} (partial run) vs {_show(b)} (now)")
+    return lines
+
+
+def _show(v: Any) -> str:
+    text = json.dumps(v, default=str)
+    return text if len(text) <= 200 else text[:197] + "..."

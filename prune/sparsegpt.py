@@ -12,15 +12,17 @@ if the Cholesky factorisation still fails the damping is multiplied by 10 (up to
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+from sparse24.prune.args import flag
 from sparse24.prune.base import LayerStats, Pruner, PruneResult, register_pruner
 from torch import Tensor
 
 from sparse24.masks import magnitude_mask_24
 
-__all__ = ["SparseGPTPruner", "sparsegpt_24", "inverse_cholesky"]
+__all__ = ["SparseGPTArgs", "SparseGPTPruner", "sparsegpt_24", "inverse_cholesky"]
 
 
 def inverse_cholesky(h: Tensor, percdamp: float = 0.01, max_retries: int = 5) -> tuple[Tensor, float]:
@@ -39,13 +41,13 @@ def inverse_cholesky(h: Tensor, percdamp: float = 0.01, max_retries: int = 5) ->
             if int(info2) == 0:
                 return upper, damp
         damp *= 10.0
-    raise RuntimeError(f"SparseGPT: the Hessian is not positive definite even with damping {damp / 10:.3g}; "
+    raise RuntimeError(f"SparseGPT: the (finite) Hessian is not positive definite even with damping {damp / 10:.3g}; "
                        "use more calibration samples (--nsamples) or a larger --percdamp")
 
 
 def sparsegpt_24(weight: Tensor, hessian: Tensor, blocksize: int = 128, percdamp: float = 0.01,
                  dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor]:
-    """Prune ``weight`` ``[out, in]`` to 2:4 with OBS updates; returns ``(pruned weight in weight.dtype, keep-mask)``."""
+    """Prune ``weight`` ``[out, in]`` to 2:4 with OBS updates; returns ``(pruned weight (weight.dtype), keep-mask)``."""
     rows, cols = weight.shape
     if cols % 4 or blocksize % 4:
         raise ValueError(f"SparseGPT 2:4 needs in_features ({cols}) and blocksize ({blocksize}) divisible by 4")
@@ -76,25 +78,33 @@ def sparsegpt_24(weight: Tensor, hessian: Tensor, blocksize: int = 128, percdamp
     return (w * mask).to(weight.dtype), mask
 
 
+@dataclass(frozen=True)
+class SparseGPTArgs:
+    """SparseGPT's hyperparameters (``--method sparsegpt``)."""
+
+    blocksize: int = flag(128, "SparseGPT column block: errors are pushed onto later columns block by block")
+    percdamp: float = flag(0.01, "SparseGPT damping, a fraction of mean diag(H) added to the Hessian's diagonal")
+
+    def __post_init__(self) -> None:
+        if self.blocksize <= 0 or self.blocksize % 4:
+            raise ValueError(f"--blocksize {self.blocksize}: must be a positive multiple of 4")
+        if self.percdamp <= 0:
+            raise ValueError(f"--percdamp {self.percdamp}: must be > 0 (0.01 is the paper's value)")
+
+
 @register_pruner
 class SparseGPTPruner(Pruner):
     name = "sparsegpt"
     stats = "hessian"
     sequential = True
     summary = "OBS: prune the 2 smallest w²/[H⁻¹]_jj of every 4 and update the rest (block 128, damp 0.01)"
-
-    def __init__(self, blocksize: int = 128, percdamp: float = 0.01) -> None:
-        if blocksize <= 0 or blocksize % 4:
-            raise ValueError(f"--blocksize {blocksize}: must be a positive multiple of 4")
-        if percdamp <= 0:
-            raise ValueError(f"--percdamp {percdamp}: must be > 0 (0.01 is the paper's value)")
-        self.blocksize, self.percdamp = blocksize, percdamp
+    Args = SparseGPTArgs
 
     def settings(self) -> dict[str, Any]:
-        return {"blocksize": self.blocksize, "percdamp": self.percdamp, "compute_dtype": "float64"}
+        return {**super().settings(), "compute_dtype": "float64"}
 
     def prune(self, weight: Tensor, stats: LayerStats | None) -> PruneResult:
         if stats is None or stats.hessian is None:
             raise ValueError("sparsegpt needs the input Hessian; run it through the driver (sparse24 prune)")
-        w, mask = sparsegpt_24(weight, stats.hessian, self.blocksize, self.percdamp)
+        w, mask = sparsegpt_24(weight, stats.hessian, self.args.blocksize, self.args.percdamp)
         return PruneResult(w, mask)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["atomic_write_text", "atomic_write_bytes", "atomic_write_json", "atomic_save_safetensors", "atomic_folder",
-           "check_output_path", "file_fingerprint", "json_fingerprint"]
+           "check_output_path", "file_fingerprint", "json_fingerprint", "clean_stale_temps"]
 
 
 def _tmp(path: Path) -> Path:
@@ -155,3 +155,38 @@ def file_fingerprint(path: str | os.PathLike, sample_bytes: int = 1 << 20) -> st
 def json_fingerprint(obj: Any) -> str:
     """SHA-256 (16 hex) of the canonical JSON of ``obj``."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def clean_stale_temps(path: str | os.PathLike) -> list[str]:
+    """Clean what killed atomic writes left around ``path``; returns one line per thing found, for the user.
+
+    Removes ``.<name>.tmp-<pid>`` next to ``path`` (and ``.*.tmp-<pid>`` inside it, when it is a folder) whose process
+    is no longer running; leaves a live process's temporaries alone. ``.<name>.old-<pid>`` (what ``path`` held
+    before a replacement that was killed half-way) is reported, never deleted.
+    """
+    path = Path(path)
+    found = list(path.parent.glob(f".{path.name}.tmp-*")) + (list(path.glob(".*.tmp-*")) if path.is_dir() else [])
+    lines = []
+    for tmp in sorted(found):
+        pid = tmp.name.rpartition("-")[2]
+        if not pid.isdigit():
+            continue
+        if int(pid) != os.getpid() and _running(int(pid)):
+            lines.append(f"{tmp} belongs to running process {pid}; left alone")
+            continue
+        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+        lines.append(f"removed {tmp}, left by a killed write (process {pid})")
+    for old in sorted(path.parent.glob(f".{path.name}.old-*")):
+        lines.append(f"{old} holds what {path} held before a replacement that was killed half-way; check it, then "
+                     "delete it or move it back")
+    return lines

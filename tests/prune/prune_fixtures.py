@@ -1,5 +1,6 @@
-"""Tiny offline helpers (imported by tests/prune and tests/eval conftests) for pruning/eval tests: a byte-level BPE tokenizer trained on the shipped text and a tiny
-Llama saved as an HF folder (safetensors + tokenizer) - no hub, no SmolLM2, no olmo-eval."""
+"""Tiny offline helpers for the pruning/eval tests (imported by the tests/prune and tests/eval conftests): a byte-level
+BPE tokenizer trained on the shipped text and a tiny Llama saved as an HF folder (safetensors + tokenizer); no hub,
+no SmolLM2, no olmo-eval."""
 
 from __future__ import annotations
 

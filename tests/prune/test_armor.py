@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 from sparse24.prune.armor import (
-    ArmorSettings,
+    ArmorArgs,
     ArmorState,
     armor_layer,
     block_product,
@@ -20,7 +20,7 @@ from sparse24.prune.armor import (
     sparse_core_step,
     update_groups,
 )
-from sparse24.prune.armor_linear import ArmorLinear, armor_parameter_overhead, load_armor, save_armor
+from sparse24.prune.armor_linear import ArmorLinear, armor_parameter_overhead, load_armor
 
 F64 = torch.float64
 
@@ -129,7 +129,7 @@ def test_identity_factors_reproduce_nowag_p():
     out_f, in_f, bs = 16, 32, 8
     w, h = torch.randn(out_f, in_f, dtype=F64), torch.rand(in_f, dtype=F64) + 0.1
     mask_ref = nowag_p_reference(w, h)
-    res = armor_layer(w, h, ArmorSettings(block_size=bs, iters=0))  # NoWag-P initialisation
+    res = armor_layer(w, h, ArmorArgs(block_size=bs, iters=0))  # NoWag-P initialisation
     assert torch.equal(res.mask, mask_ref)
     assert torch.allclose(res.weight(), w * mask_ref, rtol=1e-12, atol=1e-12)
     # sparse-core steps with A = B = I, from a random support, land on NoWag-P for every group they visit
@@ -163,7 +163,7 @@ def test_proxy_loss_never_increases_across_sparse_core_steps(select):
 
 def test_armor_layer_beats_nowag_p_and_core_is_exactly_24():
     w, h = torch.randn(32, 64), torch.rand(64) * 3 + 0.01
-    res = armor_layer(w, h, ArmorSettings(block_size=16, iters=40, lr=1e-3))
+    res = armor_layer(w, h, ArmorArgs(block_size=16, iters=40, lr=1e-3))
     assert res.loss < res.loss_init
     assert torch.equal(res.mask.reshape(-1, 4).sum(-1), torch.full((32 * 16,), 2))
     assert torch.equal(res.x != 0, res.mask & (res.x != 0)) and not (res.x[~res.mask] != 0).any()
@@ -184,15 +184,15 @@ def test_block_size_auto_and_bad_sizes():
         resolve_block_size(128, 576, 192)
     with pytest.raises(ValueError, match="multiple of 4"):
         resolve_block_size(6, 12, 12)
-    with pytest.raises(ValueError, match="block_size"):
-        ArmorSettings(block_size="big")
     with pytest.raises(ValueError, match="block-size"):
-        armor_layer(torch.randn(576, 192), torch.rand(192), ArmorSettings(block_size=128, iters=0))
+        ArmorArgs(block_size="big")
+    with pytest.raises(ValueError, match="block-size"):
+        armor_layer(torch.randn(576, 192), torch.rand(192), ArmorArgs(block_size=128, iters=0))
 
 
 def test_armor_linear_equals_dense_reconstruction():
     w, h, bias = torch.randn(48, 96, dtype=F64), torch.rand(96, dtype=F64) + 0.1, torch.randn(48, dtype=F64)
-    res = armor_layer(w, h, ArmorSettings(block_size=24, iters=5, lr=1e-3))
+    res = armor_layer(w, h, ArmorArgs(block_size=24, iters=5, lr=1e-3))
     mod = ArmorLinear.from_result(res, bias, backend="dense")
     core = res.x * res.mask
     w_eff = torch.diag(res.d_r) @ dense_blockdiag(res.a) @ core @ dense_blockdiag(res.b) @ torch.diag(res.d_c)
@@ -205,48 +205,47 @@ def test_armor_linear_equals_dense_reconstruction():
     assert type(lin) is torch.nn.Linear and torch.allclose(lin(x), x @ w_eff.T + bias, rtol=1e-10, atol=1e-10)
 
 
-def test_prune_save_load_roundtrip(tiny_llama, tmp_path):
-    from sparse24.prune.armor_model import armor_prune_model
+def test_driver_armor_save_load_roundtrip(tiny_model_dir, tmp_path):
+    """ARMOR through the shared layer driver (no second driver): every proxy loss at most NoWag-P's, the assembled
+    model equals the saved-and-loaded one, a finished work folder resumes without redoing a layer, and other
+    settings are refused."""
+    from sparse24.prune.base import get_pruner
+    from sparse24.prune.driver import DriverArgs, prune_layers
+    from sparse24.prune.resume import WorkState
     from transformers import AutoModelForCausalLM
 
-    model = tiny_llama(layers=1, hidden=64, vocab=128).eval()
-    ids = torch.randint(0, 128, (2, 16))
-    with torch.no_grad():
-        dense_logits = model(ids).logits
-    results = armor_prune_model(model, ids, ArmorSettings(block_size="auto", iters=3), work_dir=tmp_path / "w",
-                                progress=False)
-    assert len(results) == 7 and all(r.loss <= r.loss_init for r in results.values())
+    ids = torch.randint(0, 300, (2, 16))
+    pruner = get_pruner("armor", block_size="auto", iters=3)
+    opts = DriverArgs(batch_size=2, progress=False)
+    fingerprint = {"settings": pruner.settings()}
+    out = prune_layers(tiny_model_dir, pruner, ids, opts, WorkState(tmp_path / "w", fingerprint))
+    assert len(out.report) == 14 and all(r["proxy_loss"] <= r["proxy_loss_init"] for r in out.report)
+    assert sorted(out.extras) == sorted(r["name"] for r in out.report)
+    model = pruner.assemble(tiny_model_dir, out)
+    assert pruner.check_24(model) == (14, 14)
+    dense = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     with torch.no_grad():
         logits = model(ids).logits
-    assert not torch.allclose(logits, dense_logits)
+        assert not torch.allclose(logits, dense(ids).logits)
     info = armor_parameter_overhead(model)
-    assert info["layers"] == 7 and info["armor_params"] > 0
-    save_armor(model, tmp_path / "ckpt")
+    assert info["layers"] == 14 and info["armor_params"] > 0
+    lines = pruner.save(model, tmp_path / "ckpt", record={}, compressed=False, overwrite=False)
+    assert "A/B parameters over 14 linears" in lines[0]
     again = load_armor(tmp_path / "ckpt", backend="dense")
     plain = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt").eval()  # the dense equivalent W_eff
     with torch.no_grad():
         assert torch.allclose(again(ids).logits, logits, atol=1e-5)
         assert torch.allclose(plain(ids).logits, logits, atol=1e-4)
-    from sparse24.prune.armor_linear import armor_modules
-    from sparse24.prune.armor_model import assemble_armor, check_cores_24
-
-    extras = {n: {k: getattr(m, k).detach() for k in ("a_blocks", "b_blocks", "core")} for n, m in armor_modules(model)}
-    rebuilt = assemble_armor(tmp_path / "ckpt", extras, backend="dense")
-    assert check_cores_24(rebuilt) == (7, 7)
-    with torch.no_grad():
-        assert torch.allclose(rebuilt(ids).logits, logits, atol=1e-5)
-    # resume: every linear's result is on disk, a second run redoes nothing and gives the same factors
-    model2 = tiny_llama(layers=1, hidden=64, vocab=128).eval()
-    again_res = armor_prune_model(model2, ids, ArmorSettings(block_size="auto", iters=3), work_dir=tmp_path / "w",
-                                  progress=False)
-    assert all(torch.equal(again_res[n].x, r.x) for n, r in results.items())
-    with pytest.raises(ValueError, match="other settings"):
-        armor_prune_model(model2, ids, ArmorSettings(block_size="auto", iters=4), work_dir=tmp_path / "w",
-                          progress=False)
+    # resume: every layer is on disk, a second run redoes nothing and returns the same factors
+    redone: list[int] = []
+    out2 = prune_layers(tiny_model_dir, pruner, ids, opts, WorkState(tmp_path / "w", fingerprint), redone.append)
+    assert redone == [] and all(torch.equal(out2.extras[n]["core"], t["core"]) for n, t in out.extras.items())
+    with pytest.raises(ValueError, match="different arguments"):
+        WorkState(tmp_path / "w", {"settings": get_pruner("armor", block_size="auto", iters=4).settings()})
 
 
 def test_registry_pruner_returns_dense_equivalent_and_factors():
-    from sparse24.prune.armor_model import ArmorPruner
+    from sparse24.prune.armor_pruner import ArmorPruner
     from sparse24.prune.base import LayerStats, get_pruner
 
     w = torch.randn(32, 64)

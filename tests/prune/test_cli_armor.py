@@ -4,7 +4,6 @@ and a killed run resumes to bit-identical files."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 
@@ -19,10 +18,8 @@ from sparse24.cli import main
 from sparse24.compress import unpack_24_disk
 
 
-def _args(model_dir, out, *extra: str) -> argparse.Namespace:
-    p = argparse.ArgumentParser()
-    prune_cli.add_arguments(p)
-    return p.parse_args(["--model", str(model_dir), "--method", "armor", "--calib", str(model_dir / "calib.txt"),
+def _args(model_dir, out, *extra: str) -> prune_cli.PruneJob:
+    return prune_cli.parse_job(["--model", str(model_dir), "--method", "armor", "--calib", str(model_dir / "calib.txt"),
                          "--nsamples", "4", "--seqlen", "32", "--batch-size", "4", "--block-size", "auto",
                          "--armor-iters", "3", "--armor-lr", "1e-3", "--out", str(out), "--no-progress", *extra])
 
@@ -53,12 +50,12 @@ def runs(tmp_path_factory):
     """One full run, one run killed after layer 0 and resumed (module-scoped: ARMOR is the slow part)."""
     tmp = tmp_path_factory.mktemp("armor_cli")
     model_dir = make_model_dir(tmp / "m", layers=2)
-    full = prune_cli.prune_checkpoint(_args(model_dir, tmp / "full"))
+    full = _args(model_dir, tmp / "full").prune()
     with pytest.raises(Killed):
-        prune_cli.prune_checkpoint(_args(model_dir, tmp / "cut"), on_layer_done=_kill_after_first)
+        _args(model_dir, tmp / "cut").prune(on_layer_done=_kill_after_first)
     assert sorted(p.name for p in (tmp / "cut.partial").glob("layer_*")) == ["layer_00000.safetensors"]
     resumed: list[int] = []
-    prune_cli.prune_checkpoint(_args(model_dir, tmp / "cut"), on_layer_done=resumed.append)
+    _args(model_dir, tmp / "cut").prune(on_layer_done=resumed.append)
     assert resumed == [1] and not (tmp / "cut.partial").exists()
     return {"tmp": tmp, "model_dir": model_dir, "full": full}
 
@@ -90,8 +87,8 @@ def test_armor_eval_cli_matches_in_memory_model(runs, capsys):
 
     tmp, model_dir, res = runs["tmp"], runs["model_dir"], runs["full"]
     calib = model_dir / "calib.txt"
-    ids = tokenize_text(res["tokenizer"], read_text(calib))
-    expected = _hand_ppl(res["model"], ids, 64, 3)
+    ids = tokenize_text(res.tokenizer, read_text(calib))
+    expected = _hand_ppl(res.model, ids, 64, 3)
     out_json = tmp / "ppl.json"
     assert main(["eval", str(tmp / "full"), "--ppl", str(calib), "--seqlen", "64", "--max-windows", "3",
                  "--out", str(out_json), "--no-progress"]) == 0
@@ -118,5 +115,5 @@ def test_prune_refuses_to_replace_a_users_folder(runs):
     target.mkdir()
     (target / "notes.txt").write_text("keep me")
     with pytest.raises(FileExistsError, match="--overwrite"):
-        prune_cli.prune_checkpoint(_args(runs["model_dir"], target))
+        _args(runs["model_dir"], target).prune()
     assert (target / "notes.txt").read_text() == "keep me" and not (target.with_name("mine.partial")).exists()

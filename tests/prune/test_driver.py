@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from sparse24.prune.base import get_pruner
-from sparse24.prune.driver import PruneOptions, matches, prune_layers
+from sparse24.prune.driver import DriverArgs, matches, prune_layers
 from sparse24.prune.resume import WorkState
 from sparse24.prune.wanda import WandaPruner
 from torch import nn
@@ -46,7 +46,7 @@ def test_next_layer_is_fed_by_the_pruned_or_dense_layer(tiny_model_dir, tmp_path
 
     calib = torch.randint(0, 300, (6, 24))
     spy = SpyWanda(sequential)
-    out = prune_layers(tiny_model_dir, spy, calib, PruneOptions(batch_size=4, progress=False),
+    out = prune_layers(tiny_model_dir, spy, calib, DriverArgs(batch_size=4, progress=False),
                        WorkState(tmp_path / "w", {"t": 1}))
     per_layer = len(spy.seen) // 2  # 7 linears per layer, 2 layers
     q_stats_layer1 = spy.seen[per_layer]  # first linear of layer 1 is q_proj
@@ -65,7 +65,7 @@ def test_every_target_is_24_and_the_rest_untouched(tiny_model_dir, tmp_path):
     from safetensors.torch import load_file
 
     calib = torch.randint(0, 300, (4, 16))
-    opts = PruneOptions(targets=["*.mlp.*", "*.q_proj"], ignore=["*.1.mlp.down_proj"], progress=False)
+    opts = DriverArgs(targets=["*.mlp.*", "*.q_proj"], ignore=["*.1.mlp.down_proj"], progress=False)
     out = prune_layers(tiny_model_dir, get_pruner("sparsegpt"), calib, opts, WorkState(tmp_path / "w", {}))
     names = sorted(out.weights)
     assert "model.layers.1.mlp.down_proj" not in names and "model.layers.0.mlp.down_proj" in names
@@ -85,7 +85,7 @@ def test_matches_globs_and_regex():
 
 
 def test_no_target_and_unknown_architecture_errors(tiny_model_dir, tmp_path):
-    opts = PruneOptions(targets=["*.nothing"], progress=False)
+    opts = DriverArgs(targets=["*.nothing"], progress=False)
     with pytest.raises(ValueError, match="select no linear"):
         prune_layers(tiny_model_dir, get_pruner("magnitude"), None, opts, WorkState(tmp_path / "w", {}))
     from sparse24.prune.model_io import decoder_layers
@@ -96,3 +96,33 @@ def test_no_target_and_unknown_architecture_errors(tiny_model_dir, tmp_path):
 
     with pytest.raises(ValueError, match="gpt2.*not supported.*lacks model.layers"):
         decoder_layers(Odd())
+
+
+def test_driver_keeps_the_extras_a_pruner_declares_and_refuses_others(tiny_model_dir, tmp_path):
+    """The driver names no method: extra tensors travel by the names the pruner class declares."""
+    from sparse24.prune.base import PruneResult
+    from sparse24.prune.magnitude import MagnitudePruner
+
+    class Scaled(MagnitudePruner):
+        extra_tensors = ("scale",)
+
+        def prune(self, weight, stats):
+            res = super().prune(weight, stats)
+            return PruneResult(res.weight, res.mask, {"scale": weight.abs().amax(1)}, info={"rows": weight.shape[0]})
+
+    out = prune_layers(tiny_model_dir, Scaled(), None, DriverArgs(progress=False), WorkState(tmp_path / "w", {}))
+    from safetensors.torch import load_file
+
+    dense = load_file(str(tiny_model_dir / "model.safetensors"))
+    assert sorted(out.extras) == sorted(out.weights) and len(out.extras) == 14
+    for name, t in out.extras.items():
+        assert torch.equal(t["scale"], dense[name + ".weight"].abs().amax(1))
+    assert all(r["rows"] == r["shape"][0] for r in out.report)
+
+    class Undeclared(MagnitudePruner):
+        def prune(self, weight, stats):
+            res = super().prune(weight, stats)
+            return PruneResult(res.weight, res.mask, {"scale": weight[:, 0]})
+
+    with pytest.raises(RuntimeError, match=r"extra tensors \['scale'\].*extra_tensors=\(\)"):
+        prune_layers(tiny_model_dir, Undeclared(), None, DriverArgs(progress=False), WorkState(tmp_path / "w2", {}))

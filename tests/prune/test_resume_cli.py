@@ -3,7 +3,6 @@ refused without touching anything; the saved folder loads in plain transformers 
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 
 import pytest
@@ -14,13 +13,11 @@ from sparse24.prune import cli as prune_cli
 from sparse24.cli import main
 
 
-def _args(model_dir, out, **kw) -> argparse.Namespace:
-    p = argparse.ArgumentParser()
-    prune_cli.add_arguments(p)
+def _args(model_dir, out, **kw) -> prune_cli.PruneJob:
     argv = ["--model", str(model_dir), "--method", kw.pop("method", "sparsegpt"), "--calib",
             str(model_dir / "calib.txt"), "--nsamples", str(kw.pop("nsamples", 6)), "--seqlen", "32",
             "--batch-size", "4", "--out", str(out), "--no-progress", *kw.pop("extra", [])]
-    return p.parse_args(argv)
+    return prune_cli.parse_job(argv)
 
 
 class Killed(Exception):
@@ -40,25 +37,25 @@ def test_resume_after_kill_is_bit_identical(tmp_path):
 
     model_dir = make_model_dir(tmp_path / "m", layers=3)
     full = tmp_path / "full"
-    prune_cli.prune_checkpoint(_args(model_dir, full))
+    _args(model_dir, full).prune()
     cut = tmp_path / "cut"
     with pytest.raises(Killed):
-        prune_cli.prune_checkpoint(_args(model_dir, cut), on_layer_done=_kill_after(1))
+        _args(model_dir, cut).prune(on_layer_done=_kill_after(1))
     partial = cut.with_name("cut.partial")
     assert sorted(p.name for p in partial.glob("layer_*")) == ["layer_00000.safetensors", "layer_00001.safetensors"]
     # different arguments against the partial run: refused, nothing touched
     before = {p.name: p.read_bytes() for p in partial.iterdir()}
-    with pytest.raises(ValueError, match="different arguments.*nsamples"):
-        prune_cli.prune_checkpoint(_args(model_dir, cut, nsamples=5))
+    with pytest.raises(ValueError, match="(?s)different arguments.*nsamples"):
+        _args(model_dir, cut, nsamples=5).prune()
     assert {p.name: p.read_bytes() for p in partial.iterdir()} == before
     resumed_layers = []
-    prune_cli.prune_checkpoint(_args(model_dir, cut), on_layer_done=resumed_layers.append)
+    _args(model_dir, cut).prune(on_layer_done=resumed_layers.append)
     assert resumed_layers == [2] and not partial.exists()
     a, b = load_file(str(full / "model.safetensors")), load_file(str(cut / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # a finished folder is not overwritten without --overwrite
     with pytest.raises(FileExistsError, match="--overwrite"):
-        prune_cli.prune_checkpoint(_args(model_dir, cut))
+        _args(model_dir, cut).prune()
 
 
 def test_cli_saves_loadable_24_checkpoint(tiny_model_dir, tmp_path, capsys):
@@ -91,9 +88,12 @@ def test_help_and_method_list(capsys):
         main(["prune", "--help"])
     text = capsys.readouterr().out
     assert "WandaSparsifier" in text and "--nsamples" in text and "resumes" in text
+    assert "--armor-iters" in text and "--blocksize" in text and "--quick: 32" in text  # each method's own group
+    assert ".md" not in text  # no pointer to a document that is not in the repository
     assert main(["prune", "--method", "list"]) == 0
     listing = capsys.readouterr().out
-    assert all(m in listing for m in ("magnitude", "wanda", "sparsegpt"))
+    assert all(m in listing for m in ("magnitude", "wanda", "sparsegpt", "armor", "--format", "sparse24"))
+    assert "ast" in listing and "sparse24 retrain" in listing
     assert main(["prune", "--method", "nope", "--out", "x"]) == 2
 
 
