@@ -12,6 +12,7 @@ at most ``windows per forward x seqlen x vocab`` logits exist at any time (cappe
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import time
@@ -119,13 +120,19 @@ def text_perplexity(model: nn.Module, tokenizer: Any, text: str | os.PathLike, s
     expected time are known up front); pass 2 tokenizes again and scores the first windows as they are cut. The
     tokens equal one ``tokenize_text`` call over the whole text (see :func:`sparse24.texts.iter_tokens`). ``say``
     prints the plan and, after the first forward, the expected time."""
-    from sparse24.fileio import file_fingerprint
-    from sparse24.texts import NAMED_TEXTS, iter_text, iter_tokens, text_path
+    from sparse24.texts import iter_text, iter_tokens
 
     _check(seqlen, batch_size, max_windows)
     name = str(text)
     stats: dict[str, int] = {}
-    total = sum(len(c) for c in iter_tokens(tokenizer, iter_text(text), chunk_chars, stats=stats))
+    digest = hashlib.sha256()
+
+    def hashed(pieces: Iterator[str]) -> Iterator[str]:
+        for piece in pieces:
+            digest.update(piece.encode("utf-8"))
+            yield piece
+
+    total = sum(len(c) for c in iter_tokens(tokenizer, hashed(iter_text(text, chunk_chars)), chunk_chars, stats=stats))
     n = total // seqlen if max_windows is None else min(total // seqlen, max_windows)
     if n == 0:
         raise ValueError(f"{name} has {total} tokens, fewer than one window of --seqlen {seqlen}; use a longer text "
@@ -137,8 +144,7 @@ def text_perplexity(model: nn.Module, tokenizer: Any, text: str | os.PathLike, s
             f"{capped}")
     device = device or next(model.parameters()).device
     t0 = time.time()
-    windows = iter_windows(iter_tokens(tokenizer, iter_text(text), chunk_chars), seqlen)
+    windows = iter_windows(iter_tokens(tokenizer, iter_text(text, chunk_chars), chunk_chars), seqlen)
     nll = _score(model, windows, n, seqlen, per_forward, device, progress, f"ppl {name}@{seqlen}", say)
-    path = text_path(name) if name in NAMED_TEXTS else text
-    return _result(name, nll, n, seqlen, total, time.time() - t0, text_fingerprint=file_fingerprint(path),
+    return _result(name, nll, n, seqlen, total, time.time() - t0, text_sha256=digest.hexdigest()[:16],
                    tokenization="streamed" + (f", {stats['unverified_cuts']} unverified cuts" if stats else ""))
