@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-_spec = importlib.util.spec_from_file_location("_prune_fixtures", Path(__file__).parents[1] / "prune" / "prune_fixtures.py")
+_spec = importlib.util.spec_from_file_location("_prune_fixtures",
+                                               Path(__file__).parents[1] / "prune" / "prune_fixtures.py")
 _mod = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_mod)
 make_tokenizer, make_model_dir = _mod.make_tokenizer, _mod.make_model_dir

