@@ -36,9 +36,11 @@ Results: a JSON file with the numbers and the protocol (text and its token count
 versions, limit, seed, dtype, device, versions) is written next to the model as MODEL/eval-YYYYmmdd-HHMMSS.json,
 or where --out says. The expected time is printed after the first windows / requests.
 
-Cost on a CPU (SmolLM2-135M, 2 cores): perplexity ~6 s per 2048-token window (boolq at --seqlen 2048 is 186
-windows, ~20 min; --max-windows 20 is ~2 min); zero-shot ~0.1-0.5 s per document and answer choice (arc_easy with
---limit 100 is ~1-2 min; hellaswag's long endings are the slowest). A GPU is 50-100x faster.
+Cost on a CPU (SmolLM2-135M, 2 free cores; shared cores are slower by about the number of jobs, a GPU is far
+faster): perplexity ~7 s per 2048-token window (all of boolq at --seqlen 2048 is 186 windows, ~21 min; --max-windows
+20 is ~2.5 min); zero-shot ~0.3 s per request, one request per answer choice (arc_easy --limit 20 is 81 requests,
+~30 s; all 570 documents ~10 min; hellaswag's long endings cost more). Peak memory ~1.5-2.5 GB whatever the text
+length (logits of at most 1 GiB per forward; --batch-size is lowered to fit and says so).
 """
 
 EPILOG = """examples:
@@ -236,18 +238,26 @@ def check_seqlen(folder: Path, seqlen: int) -> None:
               "was not trained on windows this long; perplexity will be worse than at its own length", file=sys.stderr)
 
 
+def load_model(folder: Path, device: str, dtype: Any) -> tuple[nn.Module, Any, dict[str, Any]]:
+    """``(model, tokenizer, info)`` for evaluation: the one place eval calls the checkpoint loader."""
+    from sparse24.eval.loading import load_for_eval
+
+    return load_for_eval(folder, device, dtype)
+
+
 def _check_texts(texts: list[str]) -> None:
-    from sparse24.texts import NAMED_TEXTS
+    from sparse24.texts import NAMED_TEXTS, iter_text
 
     for t in texts:
         if t not in NAMED_TEXTS and not Path(t).is_file():
             raise FileNotFoundError(f"--ppl {t}: no such file; pass one of {', '.join(NAMED_TEXTS)} or a .txt/.jsonl "
                                     "path")
+        for _ in iter_text(t):  # read once before the model loads: bad UTF-8 / a bad jsonl line fails in seconds
+            pass
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
-    from sparse24.eval.loading import load_for_eval
     from sparse24.eval.taskfiles import TASKS
 
     from sparse24.fileio import atomic_write_json, file_fingerprint
@@ -289,7 +299,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    model, tokenizer, info = load_for_eval(folder, device, resolve_dtype(args.dtype, device))
+    model, tokenizer, info = load_model(folder, device, resolve_dtype(args.dtype, device))
     t0 = time.time()
     res = evaluate(model, tokenizer, ppl_texts=texts, seqlen=args.seqlen, max_windows=args.max_windows or None,
                    tasks=tasks, limit=args.limit, batch_size=args.batch_size, device=device, seed=args.seed,
@@ -311,6 +321,10 @@ def run(args: argparse.Namespace) -> int:
 
         print(f"zero-shot acc (acc_norm), limit {lim}:")
         print(format_table({Path(str(info["model"])).name: res["zeroshot"]}))
-    atomic_write_json(out_path, res)
+    try:
+        atomic_write_json(out_path, res)
+    except OSError as e:  # a full disk, a folder gone read-only: the numbers are not lost
+        print(json.dumps(res, indent=2, default=str))
+        raise RuntimeError(f"could not write {out_path} ({e.strerror or e}); the results are printed above") from None
     print(f"results written to {out_path}")
     return 0

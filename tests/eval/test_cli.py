@@ -79,12 +79,12 @@ def test_perplexity_via_cli_equals_float64_hand_computation(tiny_model_dir, caps
 
 
 def test_out_onto_the_model_weights_is_refused_before_any_work(tiny_model_dir, monkeypatch, capsys):
-    import sparse24.eval.loading as loading
+    import sparse24.eval.cli as cli
 
     weights = tiny_model_dir / "model.safetensors"
     before = weights.read_bytes()
     calls = []
-    monkeypatch.setattr(loading, "load_for_eval", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(cli, "load_model", lambda *a, **k: calls.append(a))
     for extra in ([], ["--overwrite"]):
         assert main(_ppl_args(tiny_model_dir, "--out", str(weights), *extra)) == 2
         assert "destroy the input" in capsys.readouterr().err
@@ -182,3 +182,27 @@ def test_no_flags_default_is_boolq_perplexity_said_aloud(tiny_model_dir, cache, 
     assert "no --ppl or --tasks given: perplexity on boolq" in out
     r = json.loads(_results(tiny_model_dir)[0].read_text())["perplexity"]["boolq"]
     assert r["windows"] == 2 and r["tokens_in_text"] > 100_000 and len(r["text_sha256"]) == 16
+
+
+def test_bad_jsonl_refused_before_loading_and_unwritable_results_printed(tiny_model_dir, tmp_path, monkeypatch,
+                                                                         capsys):
+    import sparse24.eval.cli as cli
+
+    import sparse24.fileio as fileio
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"text": 3}\n')
+    real_load, calls = cli.load_model, []
+    monkeypatch.setattr(cli, "load_model", lambda *a, **k: calls.append(a) or real_load(*a, **k))
+    assert main(["eval", str(tiny_model_dir), "--ppl", str(bad)]) == 2
+    assert "bad.jsonl:2" in capsys.readouterr().err and calls == []
+
+    def disk_full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fileio, "atomic_write_json", disk_full)
+    assert main(_ppl_args(tiny_model_dir)) == 2
+    out, err = capsys.readouterr()
+    assert "No space left on device" in err and "results are printed above" in err
+    printed = json.loads(out[out.index("{\n"):])
+    assert printed["format"] == "sparse24-eval-results" and printed["perplexity"]
