@@ -188,16 +188,19 @@ class Trainer:
         return float(torch.stack(losses).mean())
 
     # ---- the run ---------------------------------------------------------------------------------------------
-    def fit(self, resume: str | Path | None = None) -> list[dict]:
-        """Train to ``cfg.steps`` (continuing from a checkpoint when ``resume`` is a folder or ``"auto"``)."""
-        from sparse24.train.checkpoint import load_checkpoint, prune_checkpoints, resolve_resume, save_checkpoint
+    def fit(self, resume: str | Path | Any = None) -> list[dict]:
+        """Train to ``cfg.steps``, continuing from a checkpoint when ``resume`` is ``"auto"`` (the newest readable
+        ``step-*`` of ``cfg.out_dir``), a folder, or a :class:`~sparse24.train.checkpoint.Checkpoint` already read;
+        a checkpoint of a run with other settings (``cfg.extra``) is refused."""
+        from sparse24.train.checkpoint import apply_checkpoint, find_resume, prune_checkpoints, save_checkpoint
         from sparse24.train.telemetry import JsonlLog
         from tqdm.auto import tqdm
 
         cfg, main = self.cfg, self.accelerator.is_main_process
-        folder = resolve_resume(resume, cfg.out_dir)
-        if folder is not None:
-            load_checkpoint(self, folder)
+        ckpt = find_resume(resume, cfg.out_dir, cfg.extra)
+        if ckpt is not None:
+            apply_checkpoint(self, ckpt)
+            del ckpt  # the tensors were copied into the model and optimizer
         if cfg.out_dir is not None and main:
             self.log = JsonlLog(Path(cfg.out_dir) / "metrics.jsonl", truncate_after=self.step)
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not (cfg.progress and main), desc="train",
