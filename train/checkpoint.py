@@ -9,9 +9,9 @@ that is renamed into place, so a run killed at any moment leaves either the old 
 Format (no pickle anywhere: loading a checkpoint cannot run code):
 
 - ``model.safetensors``: ``model.state_dict()`` (tied tensors stored once, their aliases listed in the JSON);
-- ``trainer_state.safetensors``: every other tensor, by name: ``optimizer/<param id>/<key>``, ``tracker/initial/<layer>``,
-  ``tracker/previous/<layer>``, ``rank<r>/torch_rng``, ``rank<r>/cuda_rng/<device>``, ``rank<r>/numpy_mt``,
-  ``rank<r>/generator/<layer>``;
+- ``trainer_state.safetensors``: every other tensor, by name: ``optimizer/<param id>/<key>``,
+  ``tracker/initial/<layer>``, ``tracker/previous/<layer>``, ``rank<r>/torch_rng``, ``rank<r>/cuda_rng/<device>``,
+  ``rank<r>/numpy_mt``, ``rank<r>/generator/<layer>``;
 - ``trainer_state.json`` (written last, inside the atomic folder): step, tokens, world size, the optimizer's
   ``param_groups`` and non-tensor state, the scheduler state, Python's and NumPy's scalar RNG state, tensor aliases;
 - ``run.json``: the run description; resuming compares it with the new run and refuses a difference, naming each.

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from sparse24.tracking import FlipTracker
 
 __all__ = ["TrainConfig", "Trainer", "causal_lm_loss", "cosine_schedule"]
 
+ETA_AFTER = 3  # steps timed (after the first) before the expected total time is printed
 Batch = dict[str, torch.Tensor]
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]
 Hook = Callable[["Trainer"], "dict | None"]
@@ -144,7 +146,7 @@ class Trainer:
             index = (self.step * cfg.grad_accum + micro) * acc.num_processes + acc.process_index
             batch = {k: v.to(acc.device) for k, v in self.get_batch(index).items()}
             sync = micro == cfg.grad_accum - 1
-            with (acc.no_sync(self.model) if not sync and acc.num_processes > 1 else _null()):
+            with (acc.no_sync(self.model) if not sync and acc.num_processes > 1 else nullcontext()):
                 loss = self.loss_fn(self.model, batch) / cfg.grad_accum
                 acc.backward(loss)
             total += loss.detach()
@@ -205,8 +207,13 @@ class Trainer:
             self.log = JsonlLog(Path(cfg.out_dir) / "metrics.jsonl", truncate_after=self.step)
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not (cfg.progress and main), desc="train",
                    dynamic_ncols=True)
+        t_first, first_step = None, self.step
         while self.step < cfg.steps:
             row = self.train_step()
+            if self.step == first_step + 1:
+                t_first = time.perf_counter()  # the first step pays one-time costs: time the next ones
+            elif self.step == first_step + 1 + ETA_AFTER and main and self.step < cfg.steps:
+                self._print_eta((time.perf_counter() - t_first) / ETA_AFTER, bar)
             if (cfg.eval_every and self.step % cfg.eval_every == 0) or self.step == cfg.steps:
                 row["val_loss"] = self.evaluate()
             self.history.append(row)
@@ -220,12 +227,21 @@ class Trainer:
                 if main:
                     prune_checkpoints(Path(cfg.out_dir), cfg.keep_checkpoints)
         bar.close()
+        if self.log is not None:
+            self.log.close()
+            self.log = None
         return self.history
 
+    def _print_eta(self, per_step: float, bar: Any) -> None:
+        """One line: the measured time per step and the expected time to the end of the run."""
+        left = (self.cfg.steps - self.step) * per_step
+        bar.write(f"sparse24: {per_step:.2f} s/step on this machine; about {_duration(left)} left for the remaining "
+                  f"{self.cfg.steps - self.step} steps (validation and checkpoints extra)")
 
-class _null:
-    def __enter__(self) -> None:
-        return None
 
-    def __exit__(self, *exc: Any) -> None:
-        return None
+def _duration(seconds: float) -> str:
+    """``42 s``, ``3.5 min``, ``2.1 h``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
