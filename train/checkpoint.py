@@ -170,7 +170,7 @@ def read_checkpoint(folder: str | Path) -> Checkpoint:
     folder = Path(folder)
     if not (folder / STATE).is_file() and (folder / LEGACY).is_file():
         raise CheckpointError(f"{folder} holds a pickled {LEGACY} (an older sparse24); it is not loaded because "
-                              "unpickling can run code. Start over with --resume no --overwrite")
+                              "unpickling can run code; pass --overwrite to start over")
     for name in (STATE, TENSORS, MODEL, RUN):
         if not (folder / name).is_file():
             raise CheckpointError(f"{folder} is not a complete training checkpoint ({name} missing)")
