@@ -8,7 +8,8 @@ Order of one optimizer step (algorithms.md §2.2, §2.3):
 4. ``optimizer.step()``; ``after_optimizer_step`` hooks: by default decoupled decay for ``decay_placement="weight"``;
 5. scheduler step; :func:`sparse24.update_masks` (refresh due masks, flip rates vs previous / initial mask);
 6. dense fine-tune switch once ``step == dense_from``; ``after_step`` hooks (telemetry extras, λ ramps, ...);
-7. telemetry row (JSONL), validation every ``eval_every`` steps, an atomic checkpoint every ``ckpt_every`` steps.
+7. telemetry row (JSONL; ``on_row`` callbacks see it), validation every ``eval_every`` steps, an atomic checkpoint
+   every ``ckpt_every`` steps.
 
 A hook is ``fn(trainer) -> dict | None``; a returned dict is merged into that step's telemetry row.
 """
@@ -124,6 +125,7 @@ class Trainer:
         self.before_optimizer_step: list[Hook] = [_decay_on_grads]
         self.after_optimizer_step: list[Hook] = [_decay_on_weights]
         self.after_step: list[Hook] = []
+        self.on_row: list[Callable[[Trainer, dict], None]] = []  # see each finished telemetry row (printing, plots)
         self.history: list[dict] = []
         self.log = None  # telemetry writer (main process), set by fit()
 
@@ -219,6 +221,8 @@ class Trainer:
             self.history.append(row)
             if self.log is not None:
                 self.log.write(row)
+            for fn in self.on_row:
+                fn(self, row)
             bar.update(1)
             bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2e}",
                             flip=f"{row.get('flip_rate', float('nan')):.4f}")
