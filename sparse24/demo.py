@@ -86,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
     trainer = demo_trainer(model, tokens, args.steps, seed=args.seed)
     hist = trainer.fit()
     model = trainer.unwrapped.cpu()  # the checks below run on the CPU
-    print(f"trained {args.steps} steps in {time.time() - t0:.1f}s: loss {hist[0]['loss']:.3f} -> {hist[-1]['loss']:.3f}")
+    print(f"trained {args.steps} steps in {time.time() - t0:.1f}s: loss {hist[0]['loss']:.3f} -> "
+          f"{hist[-1]['loss']:.3f}")
     folder = save_sparse(model, args.out, compressed=True, overwrite=True,  # --out checked above
                          extra={"demo": {"steps": args.steps, "final_loss": hist[-1]["loss"]}})
     size = sum(f.stat().st_size for f in folder.iterdir())
