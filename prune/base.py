@@ -74,7 +74,6 @@ def register_pruner(cls: type[Pruner]) -> type[Pruner]:
 def _load_builtin() -> None:
     from sparse24.prune import (  # noqa: F401  (registration side effect)
         armor_model,  # noqa: F401  (registers 'armor')
-        ast,
         magnitude,
         sparsegpt,
         wanda,

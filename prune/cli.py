@@ -76,9 +76,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-seqlen", type=int, default=0, help="perplexity window (default: --seqlen)")
     p.add_argument("--eval-windows", type=int, default=0, help="score only the first N windows (0: all; --quick: 32)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    from sparse24.prune.ast import add_arguments as add_ast_arguments  # the AST retraining options
-
-    add_ast_arguments(p)
     from sparse24.prune.armor_model import add_armor_arguments  # the ARMOR options (--block-size, --armor-*)
 
     add_armor_arguments(p)
@@ -237,9 +234,7 @@ def run(args: argparse.Namespace) -> int:
         args.out = args.out or Path(f"out/quick-{args.method}")
     if args.out is None:
         raise ValueError("--out is required (the folder for the pruned model), or use --quick")
-    from sparse24.prune.ast import run_ast  # AST retrains the whole model instead of the layer driver
-
-    result = run_ast(args) if args.method == "ast" else prune_checkpoint(args)
+    result = prune_checkpoint(args)
     if args.eval:
         quick_eval(args, result)
     return 0 if result["ok"] == result["total"] else 1

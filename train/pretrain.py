@@ -19,7 +19,7 @@ from sparse24.train.recipe import Recipe, load_recipe
 
 from sparse24.api import sparse_modules, sparsify
 
-__all__ = ["pretrain", "make_trainer", "has_run", "clear_run", "start_point", "summary"]
+__all__ = ["pretrain", "make_trainer", "model_fingerprint", "has_run", "clear_run", "start_point", "summary"]
 
 
 def _tokens_sha(tokens: Any) -> str:
@@ -30,13 +30,13 @@ def _tokens_sha(tokens: Any) -> str:
     return h.hexdigest()[:16]
 
 
-def _model_sha(model: str) -> str | None:
+def model_fingerprint(model: str | Path) -> str | None:
     """Content fingerprint of a model folder's config and weights (None for a size preset)."""
     from sparse24.train.model import PRESETS
 
     from sparse24.fileio import file_fingerprint
 
-    if model in PRESETS:
+    if str(model) in PRESETS:
         return None
     files = sorted(f for f in Path(model).iterdir() if f.suffix in (".json", ".safetensors", ".bin"))
     return hashlib.sha256(";".join(f"{f.name}:{file_fingerprint(f)}" for f in files).encode()).hexdigest()[:16]
@@ -57,7 +57,7 @@ def make_trainer(recipe: Recipe | str, model: str = "llama-tiny", data: str = "s
     opt = {k: getattr(recipe, k) for k in ("lr", "min_lr", "warmup", "betas", "weight_decay", "clip",
                                             "dense_finetune")}
     cfg = TrainConfig(**{**opt, **{k: v for k, v in train_kw.items() if k in fields and v is not None}})
-    cfg.extra = {"recipe": recipe.to_dict(), "model": model, "model_sha": _model_sha(model),
+    cfg.extra = {"recipe": recipe.to_dict(), "model": model, "model_sha": model_fingerprint(model),
                  "data": {**tokens.info, "tokens_sha": _tokens_sha(tokens)},
                  "train": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "extra"}}
     net = build_model(model, tokens.vocab_size, max_len=max(cfg.seq_len, 128), seed=cfg.seed, seq_len=cfg.seq_len)

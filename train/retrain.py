@@ -1,6 +1,12 @@
-"""AST (Adaptive Sparse Trainer, arXiv 2407.20584; algorithms.md §4): retrain a dense LM into 2:4 with distillation.
+"""``sparse24 retrain``: AST (Adaptive Sparse Trainer, arXiv 2407.20584) retrains an LM into 2:4 with distillation from
+its frozen dense self, on the shared :class:`~sparse24.train.loop.Trainer` (resume, telemetry, ETA).
 
-One optimizer step (run by :class:`sparse24.train.loop.Trainer`):
+It starts from the dense model with magnitude masks (``--init magnitude``) or from a ``sparse24 prune`` output
+(``--init FOLDER``: that model's masks and updated weights, so step 0 is exactly the one-shot model). The budget is
+``--steps`` or ``--tokens``. A killed run restarted with the same arguments resumes bit-identically from
+``<out>.retrain-work/``; other arguments are refused, naming each difference.
+
+One optimizer step:
 
 1. loss ``α_task·CE + α_kl·KL_T + α_hid·Σ_l mean((h_s−h_t)²)/mean(h_t²)`` against the frozen dense teacher, T = 2;
    the student forward is ``W⊙M`` (+ the SLoRB term, :mod:`sparse24.prune.slorb`), backward plain STE;
@@ -15,6 +21,7 @@ One optimizer step (run by :class:`sparse24.train.loop.Trainer`):
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +29,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from sparse24.prune.base import LayerStats, Pruner, PruneResult, register_pruner
 from sparse24.prune.slorb import INITS, add_slorb
 from torch import Tensor, nn
 
@@ -31,7 +37,8 @@ from sparse24.config import SRSTEConfig
 from sparse24.masks import magnitude_mask_24
 
 __all__ = ["ASTConfig", "lambda_at", "distill_kl", "hidden_state_loss", "DistillLoss", "make_student",
-           "masks_from_pruned", "make_ast_trainer", "ramped_decay_hook", "ASTPruner", "run_ast"]
+           "masks_from_pruned", "load_init", "make_ast_trainer", "ramped_decay_hook", "add_arguments", "run",
+           "retrain"]
 
 
 @dataclass(frozen=True)
@@ -143,7 +150,7 @@ def masks_from_pruned(model: nn.Module, folder: str | Path) -> dict[str, Tensor]
         dense = model.get_submodule(name).weight.detach()  # [out, in]
         pruned = reader.get(f"{name}.weight", dense.device)
         if pruned.shape != dense.shape:
-            raise ValueError(f"--init-mask {folder}: {name} has shape {tuple(pruned.shape)}, the model has "
+            raise ValueError(f"--init {folder}: {name} has shape {tuple(pruned.shape)}, the model has "
                              f"{tuple(dense.shape)}; prune the same model")
         mag = dense.abs().double()
         score = (pruned != 0).double() * (2 * mag.max() + 1) + mag  # kept first, then by |W|
@@ -199,73 +206,104 @@ def make_ast_trainer(student: nn.Module, teacher: nn.Module, cfg: ASTConfig, tra
     return trainer
 
 
-# ---- command line (``sparse24 prune --method ast``) ----------------------------------------------------------------
-@register_pruner
-class ASTPruner(Pruner):
-    """Registry entry (``--method list``); the CLI runs :func:`run_ast`, not the layer-by-layer driver."""
+# ---- the retraining job -------------------------------------------------------------------------------------------
+@torch.no_grad()
+def load_init(folder: str | Path, teacher: nn.Module, dtype: torch.dtype) -> tuple[nn.Module, dict[str, Tensor]]:
+    """The student (weights of the pruned ``folder``) and its masks (the pruned pattern; see :func:`masks_from_pruned`).
 
-    name = "ast"
-    stats = "none"
-    summary = "retrain: distil from the dense model, masks every 10 steps, ramped decay, SLoRB (--steps ...)"
+    Every pruned weight must be zero outside its mask: then ``W⊙M`` is exactly the one-shot model (step 0 = init)."""
+    from transformers import AutoModelForCausalLM
 
-    def prune(self, weight: Tensor, stats: LayerStats | None) -> PruneResult:
-        raise RuntimeError("AST retrains the whole model and cannot prune one layer; run `sparse24 prune --method "
-                           "ast` or sparse24.prune.ast.run_ast")
+    from sparse24.io import CONFIG_NAME
+
+    if not (Path(folder) / CONFIG_NAME).is_file():
+        raise FileNotFoundError(f"--init {folder}: not a `sparse24 prune` output ({CONFIG_NAME} missing); pass a "
+                                "folder written by sparse24 prune, or --init magnitude")
+    masks = masks_from_pruned(teacher, folder)
+    student = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+    for name, mask in masks.items():
+        w = student.get_submodule(name).weight
+        if bool((w[~mask] != 0).any()):
+            raise ValueError(f"--init {folder}: {name} is not 2:4 (non-zero weights outside its 2 of 4); use a "
+                             "folder whose weights are 2:4 (magnitude, wanda, sparsegpt), not ARMOR or a dense one")
+    return student, masks
 
 
 def add_arguments(p: Any) -> None:
-    """The AST options, as an argument group of ``sparse24 prune`` (the shared ones: --model --calib --seqlen
-    --batch-size --seed --out --device --dtype --targets --ignore --compressed --overwrite --eval ...)."""
-    g = p.add_argument_group("AST retraining (--method ast: distil the dense model into 2:4, algorithms.md §4); "
-                             "--calib is the training text, --seqlen/--batch-size the window size and micro-batch")
-    g.add_argument("--steps", type=int, default=200, help="optimizer steps (default 200)")
-    g.add_argument("--lr", type=float, default=5e-5, help="peak AdamW lr, cosine to lr/10 (default 5e-5)")
-    g.add_argument("--warmup", type=float, default=0.05, help="warm-up fraction of --steps (default 0.05)")
+    """``sparse24 retrain`` flags."""
+    p.description = __doc__.split("\n\nOne optimizer step")[0]
+    g = p.add_argument_group("what to retrain")
+    g.add_argument("--model", default="smollm2-135m", help="the dense model (teacher; also the start with --init "
+                   "magnitude): a local HF folder or smollm2-135m (default)")
+    g.add_argument("--init", default="magnitude", help="start: 'magnitude' (dense weights, magnitude masks) or a "
+                   "`sparse24 prune` output folder (its masks and updated weights; default magnitude)")
+    g.add_argument("--targets", nargs="+", default=None, help="module-name patterns to make 2:4 (default: the "
+                   "--init folder's pruned modules, or every decoder linear)")
+    g.add_argument("--ignore", nargs="*", default=[], help="patterns to keep dense (wins over --targets)")
+    g.add_argument("--data", default="calib", help="training text: 'calib', 'boolq', 'lambada' or a .txt / .jsonl "
+                   "file (default calib; 2 %% is held out for the validation loss)")
+    g = p.add_argument_group("budget and optimisation")
+    g.add_argument("--steps", type=int, default=None, help="optimizer steps (default 200 unless --tokens)")
+    g.add_argument("--tokens", type=int, default=None, help="token budget instead of --steps: steps = tokens / "
+                   "(batch-size x seq-len x grad-accum), rounded up")
+    g.add_argument("--seq-len", type=int, default=128, help="tokens per training window (default 128)")
+    g.add_argument("--batch-size", type=int, default=4, help="windows per micro-batch (default 4)")
     g.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (default 1)")
-    g.add_argument("--lambda-max", type=float, default=6e-5, help="λ_max of the masked decay (default 6e-5)")
-    g.add_argument("--ramp", type=float, default=0.25, help="λ ramps linearly over this fraction of --steps "
+    g.add_argument("--lr", type=float, default=5e-5, help="peak AdamW lr, cosine to lr/10 (default 5e-5)")
+    g.add_argument("--warmup", type=float, default=0.05, help="warm-up fraction of the steps (default 0.05)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the training windows (default 0)")
+    g = p.add_argument_group("AST (each part can be switched off)")
+    g.add_argument("--lambda-max", type=float, default=6e-5, help="λ_max of the masked decay, 0 = off (default 6e-5)")
+    g.add_argument("--ramp", type=float, default=0.25, help="λ ramps linearly over this fraction of the steps "
                    "(default 0.25, as 10k of 40k steps in the GPT-2 recipe)")
     g.add_argument("--mask-every", type=int, default=10, help="recompute masks every N steps (default 10)")
     g.add_argument("--alpha-task", type=float, default=1.0, help="weight of the CE loss (default 1)")
-    g.add_argument("--alpha-kl", type=float, default=0.5, help="weight of the KL to the teacher (default 0.5)")
+    g.add_argument("--alpha-kl", type=float, default=0.5, help="weight of the KL to the teacher, 0 = off "
+                   "(default 0.5)")
     g.add_argument("--alpha-hid", type=float, default=0.0, help="weight of the hidden-state loss (default 0)")
     g.add_argument("--temperature", type=float, default=2.0, help="distillation temperature (default 2)")
     g.add_argument("--slorb-group", type=int, default=16, help="SLoRB group size k; 0 turns SLoRB off (default 16)")
     g.add_argument("--slorb-init", choices=INITS, default="mean", help="SLoRB S initialisation (default mean)")
     g.add_argument("--slorb-fixed-projection", action="store_true", help="keep P the fixed group sum")
-    g.add_argument("--init-mask", default="magnitude", help="initial mask: magnitude (default) or a folder pruned "
-                   "by `sparse24 prune` (wanda, sparsegpt: only its mask is used, AST starts from dense weights)")
-    g.add_argument("--ckpt-every", type=int, default=50, help="checkpoint every N steps into <out>.ast-work/ "
-                   "(default 50); a restarted run resumes from the latest one")
+    g = p.add_argument_group("output")
+    g.add_argument("--out", type=Path, required=True, help="output folder (2:4 model + slorb.safetensors)")
+    g.add_argument("--overwrite", action="store_true", help="replace --out and discard a partial run")
+    g.add_argument("--compressed", action="store_true", help="also write sparse24_compressed.safetensors")
+    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, or auto (default)")
+    g.add_argument("--dtype", default="auto", help="auto (float32 on CPU, checkpoint dtype on GPU), float32, "
+                   "bfloat16, float16")
+    g.add_argument("--eval-every", type=int, default=0, help="validation loss every N steps (0: at the end)")
+    g.add_argument("--ckpt-every", type=int, default=50, help="checkpoint every N steps into <out>.retrain-work/ "
+                   "(default 50); a restarted run resumes from the newest one")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def config_from_args(args: Any) -> ASTConfig:
-    return ASTConfig(lambda_max=args.lambda_max, ramp_steps=int(round(args.ramp * args.steps)),
+def config_from_args(args: Any, steps: int) -> ASTConfig:
+    return ASTConfig(lambda_max=args.lambda_max, ramp_steps=int(round(args.ramp * steps)),
                      mask_refresh=args.mask_every, alpha_task=args.alpha_task, alpha_kl=args.alpha_kl,
                      alpha_hid=args.alpha_hid, temperature=args.temperature, slorb_group=args.slorb_group,
                      slorb_init=args.slorb_init, slorb_trainable_projection=not args.slorb_fixed_projection)
 
 
-def _work_dir(args: Any, record: dict[str, Any]) -> Path:
-    """``<out>.ast-work`` holding checkpoints; refuses to resume a run made with other settings."""
-    import json
-    import shutil
+def _steps(args: Any) -> int:
+    for flag in ("batch_size", "seq_len", "grad_accum"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1")
+    if args.steps is not None and args.tokens is not None:
+        raise ValueError("give --steps or --tokens, not both")
+    if args.tokens is not None:
+        if args.tokens < 1:
+            raise ValueError("--tokens must be >= 1")
+        return -(-args.tokens // (args.batch_size * args.seq_len * args.grad_accum))
+    steps = 200 if args.steps is None else args.steps
+    if steps < 1:
+        raise ValueError("--steps must be >= 1")
+    return steps
 
-    work = Path(args.out).with_name(Path(args.out).name + ".ast-work")
-    if args.overwrite:
-        shutil.rmtree(work, ignore_errors=True)
-    old = work / "ast_run.json"
-    if old.is_file() and json.loads(old.read_text()) != json.loads(json.dumps(record, default=str)):
-        raise ValueError(f"{work} holds a partial AST run with other settings; rerun with the same arguments to "
-                         "resume it, or pass --overwrite to start over")
-    work.mkdir(parents=True, exist_ok=True)
-    old.write_text(json.dumps(record, indent=2, default=str))
-    return work
 
-
-def run_ast(args: Any) -> dict[str, Any]:
-    """The whole ``--method ast`` job: load, retrain (resumable), save with SLoRB; returns what ``quick_eval`` reads."""
-    import shutil
+def retrain(args: Any) -> dict[str, Any]:
+    """The whole ``sparse24 retrain`` job: check --out, load, retrain (resumable), save with SLoRB; returns the
+    model, tokenizer and the record written into ``sparse24_config.json``'s ``extra``."""
     import time
 
     from accelerate import Accelerator
@@ -273,54 +311,97 @@ def run_ast(args: Any) -> dict[str, Any]:
     from sparse24.prune.export import check_all_24
     from sparse24.prune.slorb import describe, save_slorb_model
     from sparse24.train.loop import TrainConfig
+    from sparse24.train.pretrain import clear_run, model_fingerprint, start_point
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from sparse24.io import CONFIG_NAME
-    from sparse24.runtime import resolve_device, resolve_dtype
-    from sparse24.texts import read_text, tokenize_text
-
-    out = Path(args.out)
-    if (out / CONFIG_NAME).exists() and not args.overwrite:
-        raise FileExistsError(f"{out} already holds a pruned model; pass --overwrite or choose another --out")
     from sparse24.assets import resolve_model
+    from sparse24.fileio import atomic_write_json, check_output_path
+    from sparse24.runtime import resolve_device, resolve_dtype
+    from sparse24.texts import NAMED_TEXTS, read_text, tokenize_text
 
-    model_dir, device = resolve_model(args.model), resolve_device(args.device)
+    steps = _steps(args)
+    model_dir = resolve_model(args.model)
+    init = None if args.init == "magnitude" else Path(args.init)
+    inputs = [model_dir, init] + ([args.data] if args.data not in NAMED_TEXTS else [])
+    out = check_output_path(args.out, inputs, overwrite=args.overwrite)
+    work = out.with_name(out.name + ".retrain-work")
+    device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device) or torch.float32
     tok = AutoTokenizer.from_pretrained(model_dir)
-    ids = tokenize_text(tok, read_text(args.calib))  # [n]
-    n_val = max(2 * args.seqlen * args.batch_size + 1, len(ids) // 50)
-    if len(ids) < n_val + 2 * args.seqlen:
-        raise ValueError(f"--calib {args.calib} has {len(ids)} tokens: too few for --seqlen {args.seqlen}")
-    cfg = config_from_args(args)
-    tc = TrainConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seqlen, grad_accum=args.grad_accum,
+    ids = tokenize_text(tok, read_text(args.data))  # [n]
+    n_val = max(2 * args.seq_len * args.batch_size + 1, len(ids) // 50)
+    if len(ids) < n_val + 2 * args.seq_len:
+        raise ValueError(f"--data {args.data} has {len(ids)} tokens: too few for --seq-len {args.seq_len}")
+    cfg = config_from_args(args, steps)
+    tc = TrainConfig(steps=steps, batch_size=args.batch_size, seq_len=args.seq_len, grad_accum=args.grad_accum,
                      lr=args.lr, min_lr=args.lr / 10, warmup=args.warmup, weight_decay=0.0, clip=1.0, eval_batches=2,
-                     ckpt_every=args.ckpt_every, keep_checkpoints=1, seed=args.seed, progress=not args.no_progress)
-    record = {"model_dir": str(Path(model_dir).resolve()), "calib": args.calib, "calib_tokens": len(ids),
-              "targets": args.targets, "ignore": args.ignore, "init_mask": args.init_mask, "dtype": str(dtype),
+                     eval_every=args.eval_every, ckpt_every=args.ckpt_every, keep_checkpoints=2, seed=args.seed,
+                     progress=not args.no_progress, out_dir=work)
+    record = {"model_dir": str(Path(model_dir).resolve()), "model_sha": model_fingerprint(model_dir),
+              "init": str(init.resolve()) if init else "magnitude",
+              "init_sha": model_fingerprint(init) if init else None, "data": args.data,
+              "data_tokens": len(ids), "targets": args.targets, "ignore": args.ignore, "dtype": str(dtype),
               "ast": dataclasses.asdict(cfg), "train": {k: v for k, v in dataclasses.asdict(tc).items()
-                                                        if k not in ("extra", "out_dir", "progress")}}
-    tc.out_dir = _work_dir(args, record)
-    tc.extra = dict(record)
+                                                        if k != "extra"}}
+    tc.extra = dict(record)  # checkpoints record it; a restart with other settings is refused
     teacher = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
-    student = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
-    masks = None if args.init_mask == "magnitude" else masks_from_pruned(student, args.init_mask)
-    make_student(student, cfg, masks, lambda m, fqn: isinstance(m, nn.Linear) and matches(fqn, args.targets,
-                                                                                          args.ignore))
+    if init is None:
+        student, masks = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype), None
+    else:
+        student, masks = load_init(init, teacher, dtype)
+    targets = args.targets if args.targets is not None else (sorted(masks) if masks else ["*"])
+    make_student(student, cfg, masks, lambda m, fqn: isinstance(m, nn.Linear) and matches(fqn, targets, args.ignore))
     trainer = make_ast_trainer(student, teacher, cfg, tc, ids[:-n_val], ids[-n_val:],
                                accelerator=Accelerator(cpu=device == "cpu"))
+    ckpt = start_point(work, "auto", trainer.cfg.extra, overwrite=args.overwrite)  # refuses other settings
+    if args.overwrite:
+        clear_run(work)
+    work.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(work / "run.json", trainer.cfg.extra)
     t0 = time.time()
-    history = trainer.fit(resume="auto")
+    history = trainer.fit(ckpt)
     model = trainer.unwrapped.eval()
     last = history[-1] if history else {}
+    tps = sorted(r["tokens_per_s"] for r in history)
     extra = {"method": "ast", **record, "tokens_trained": trainer.tokens, "train_seconds_this_session":
              round(time.time() - t0, 1), "final": {k: last.get(k) for k in ("step", "loss", "val_loss")},
-             "slorb_params": describe(model)}
-    save_slorb_model(model, out, compressed=args.compressed, overwrite=True, extra=extra)
+             "tokens_per_s": tps[len(tps) // 2] if tps else None, "slorb_params": describe(model)}
+    save_slorb_model(model, out, compressed=args.compressed, overwrite=True, extra=extra)  # --out checked above
     tok.save_pretrained(out)
-    if (tc.out_dir / "metrics.jsonl").is_file():
-        shutil.copy(tc.out_dir / "metrics.jsonl", out / "ast_metrics.jsonl")
-    shutil.rmtree(tc.out_dir, ignore_errors=True)
-    print(f"AST: {trainer.step} steps, {trainer.tokens} tokens, final loss {last.get('loss')}, val "
-          f"{last.get('val_loss')}; saved to {out} (load with sparse24.prune.slorb.load_slorb_model)")
+    if (work / "metrics.jsonl").is_file():
+        shutil.copy(work / "metrics.jsonl", out / "retrain_metrics.jsonl")
+    shutil.rmtree(work, ignore_errors=True)
     ok, total = check_all_24(model)
+    print(f"sparse24 retrain: {trainer.step} steps, {trainer.tokens:,} tokens ({extra['tokens_per_s'] or 0:,.0f} "
+          f"tokens/s), final loss {last.get('loss', float('nan')):.4f}, validation loss "
+          f"{last.get('val_loss') or float('nan'):.4f}; {ok}/{total} weights exactly 2:4")
+    print(f"saved to {out} (load with sparse24.prune.slorb.load_slorb_model); metrics: {out / 'retrain_metrics.jsonl'}")
     return {"model": model, "tokenizer": tok, "model_dir": model_dir, "extra": extra, "ok": ok, "total": total}
+
+
+def run(args: Any) -> int:
+    """``sparse24 retrain``: 0 when every retrained weight is exactly 2:4."""
+    from sparse24.runtime import quiet_third_party
+
+    quiet_third_party()
+    result = retrain(args)
+    return 0 if result["ok"] == result["total"] else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m sparse24.train.retrain`` (the same as ``sparse24 retrain``)."""
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(prog="sparse24 retrain", formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    args = p.parse_args(argv)
+    try:
+        return run(args)
+    except (ValueError, FileNotFoundError, FileExistsError, TypeError, RuntimeError, PermissionError) as e:
+        print(f"sparse24 retrain: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
