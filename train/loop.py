@@ -181,15 +181,20 @@ class Trainer:
         mods = [m for _, m in sparse_modules(self.model)]
         return bool(mods) and all(bool(m.dense_mode) for m in mods)
 
-    @torch.no_grad()
     def evaluate(self) -> float | None:
         """Mean validation loss (the same windows every time)."""
+        return self.evaluate_with_se()[0]
+
+    def evaluate_with_se(self) -> tuple[float | None, float | None]:
+        """(mean validation loss, its standard error over the validation batches; None with one batch)."""
         if not self.val_batches:
-            return None
+            return None, None
         self.model.eval()
-        losses = [self.loss_fn(self.model, b).float() for b in self.val_batches]
+        with torch.no_grad():
+            losses = torch.stack([self.loss_fn(self.model, b).float() for b in self.val_batches])  # [n_batches]
         self.model.train()
-        return float(torch.stack(losses).mean())
+        se = float(losses.std() / len(losses) ** 0.5) if len(losses) > 1 else None
+        return float(losses.mean()), se
 
     # ---- the run ---------------------------------------------------------------------------------------------
     def fit(self, resume: str | Path | Any = None) -> list[dict]:
@@ -217,7 +222,7 @@ class Trainer:
             elif self.step == first_step + 1 + ETA_AFTER and main and self.step < cfg.steps:
                 self._print_eta((time.perf_counter() - t_first) / ETA_AFTER, bar)
             if (cfg.eval_every and self.step % cfg.eval_every == 0) or self.step == cfg.steps:
-                row["val_loss"] = self.evaluate()
+                row["val_loss"], row["val_loss_se"] = self.evaluate_with_se()
             self.history.append(row)
             if self.log is not None:
                 self.log.write(row)
