@@ -26,8 +26,10 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def run_recipe(name: str, args: argparse.Namespace) -> dict:
-    from sparse24.train.pretrain import make_trainer
+    from sparse24.train.pretrain import make_trainer, start_point
     from sparse24.train.telemetry import MaskDriftMonitor
+
+    from sparse24.fileio import atomic_write_json
 
     out = Path(args.runs) / name
     trainer, _ = make_trainer(name, model=args.model, data="olmo", tokenizer="bpe", steps=args.steps,
@@ -35,11 +37,11 @@ def run_recipe(name: str, args: argparse.Namespace) -> dict:
                               warmup=args.warmup, eval_every=args.eval_every, eval_batches=args.eval_batches,
                               ckpt_every=args.ckpt_every, out_dir=out, seed=args.seed, progress=not args.quiet)
     trainer.after_step.append(MaskDriftMonitor(every=40))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "run.json").write_text(json.dumps(trainer.cfg.extra, indent=2, default=str))
+    ckpt = start_point(out, "auto", trainer.cfg.extra)  # a run folder with other settings is refused, untouched
+    atomic_write_json(out / "run.json", trainer.cfg.extra)
     t0 = time.time()
-    trainer.fit(resume="auto")
-    (out / "done.json").write_text(json.dumps({"seconds_this_session": time.time() - t0}))
+    trainer.fit(ckpt)
+    atomic_write_json(out / "done.json", {"seconds_this_session": time.time() - t0})
     return {}
 
 

@@ -1,6 +1,6 @@
 """One training loop for every recipe (and for AST retraining): pluggable loss, hooks, accelerate, resume.
 
-Order of one optimizer step (algorithms.md §2.2, §2.3):
+Order of one optimizer step (as arXiv 2404.01847 places the masked decay):
 
 1. ``grad_accum`` micro-batches: ``loss_fn(model, batch) / grad_accum`` → backward (DDP syncs on the last one);
 2. clip the global grad norm (``clip``);
@@ -214,13 +214,13 @@ class Trainer:
             self.log = JsonlLog(Path(cfg.out_dir) / "metrics.jsonl", truncate_after=self.step)
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not (cfg.progress and main), desc="train",
                    dynamic_ncols=True)
-        t_first, first_step = None, self.step
+        t_start, t_first, first_step = time.perf_counter(), None, self.step
         while self.step < cfg.steps:
             row = self.train_step()
             if self.step == first_step + 1:
                 t_first = time.perf_counter()  # the first step pays one-time costs: time the next ones
             elif self.step == first_step + 1 + ETA_AFTER and main and self.step < cfg.steps:
-                self._print_eta((time.perf_counter() - t_first) / ETA_AFTER, bar)
+                self._print_eta((time.perf_counter() - t_first) / ETA_AFTER, time.perf_counter() - t_start, bar)
             if (cfg.eval_every and self.step % cfg.eval_every == 0) or self.step == cfg.steps:
                 row["val_loss"], row["val_loss_se"] = self.evaluate_with_se()
             self.history.append(row)
@@ -241,11 +241,12 @@ class Trainer:
             self.log = None
         return self.history
 
-    def _print_eta(self, per_step: float, bar: Any) -> None:
-        """One line: the measured time per step and the expected time to the end of the run."""
+    def _print_eta(self, per_step: float, elapsed: float, bar: Any) -> None:
+        """One line: the measured time per step and the expected time of this session and what is left of it."""
         left = (self.cfg.steps - self.step) * per_step
-        bar.write(f"sparse24: {per_step:.2f} s/step on this machine; about {_duration(left)} left for the remaining "
-                  f"{self.cfg.steps - self.step} steps (validation and checkpoints extra)")
+        bar.write(f"sparse24: {per_step:.2f} s/step on this machine: expected total {_duration(elapsed + left)}, "
+                  f"about {_duration(left)} left for the remaining {self.cfg.steps - self.step} steps (validation "
+                  "and checkpoints extra)")
 
 
 def _duration(seconds: float) -> str:

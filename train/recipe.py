@@ -1,10 +1,11 @@
 """Training recipes: YAML files in ``train/recipes/`` that say which layers go 2:4, with which method, and how to train.
 
-A recipe is a flat mapping checked field by field (unknown field or wrong type -> an error naming the field and file).
-Defaults follow the papers (algorithms.md §2.7, §8): AdamW β=(0.9, 0.95), weight decay 0.1, clip 1.0, cosine
-schedule with 1 % warm-up; T-SR-STE masks every 40 steps with masked decay on the gradients and a dense fine-tune over
-the last 1/6 of the steps; S-STE with a fixed β and no decay. Sizes (steps, batch, lr) are usually set on the command
-line, since they depend on the model.
+A recipe is a flat mapping checked field by field (unknown field or wrong type -> an error naming the field and file;
+``method`` is required, ``config`` fields have their config class's types). Defaults follow the papers (arXiv
+2404.01847's GPT-2 recipes, arXiv 2409.09099): AdamW β=(0.9, 0.95), weight decay 0.1, clip 1.0, cosine schedule with
+1 % warm-up; T-SR-STE masks every 40 steps with masked decay on the gradients and a dense fine-tune over the last 1/6
+of the steps; S-STE with a fixed β and no decay. Sizes (steps, batch, lr) are usually set on the command line, since
+they depend on the model. A shipped name always means the shipped recipe; write a path (``./x``, ``x.yaml``) for a file.
 """
 
 from __future__ import annotations
