@@ -235,6 +235,10 @@ def test_retrain_command_end_to_end(tiny_llama, tmp_path, capsys):
     loaded = load_slorb_model(tmp_path / "out")
     assert all(is_24(m.sparse_weight()) for _, m in sparse_modules(loaded))
     assert any(isinstance(m, SLoRBLinear) for m in loaded.modules())
+    from sparse24.eval.loading import load_for_eval
+
+    evaluated, _, info = load_for_eval(tmp_path / "out")  # `sparse24 eval` sees the SLoRB terms too
+    assert info["method"] == "ast" and any(isinstance(m, SLoRBLinear) for m in evaluated.modules())
     assert not (tmp_path / "out.retrain-work").exists()
     assert main(argv) == 2  # the folder exists: refuses without --overwrite
     assert "--overwrite" in capsys.readouterr().err
