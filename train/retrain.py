@@ -229,9 +229,25 @@ def load_init(folder: str | Path, teacher: nn.Module, dtype: torch.dtype) -> tup
     return student, masks
 
 
+DESCRIPTION = """Retrain a model into 2:4 with AST (arXiv 2407.20584): distillation from the frozen dense model (KL +
+task loss), masks recomputed every --mask-every steps, ramped masked decay on the pruned weights, SLoRB low-rank terms.
+
+Start from the dense model with magnitude masks (--init magnitude) or from a `sparse24 prune` output (--init FOLDER:
+its masks and updated weights, so step 0 is exactly the one-shot model). Budget: --steps or --tokens. A killed run
+restarted with the same arguments resumes bit-identically from <out>.retrain-work/; other arguments are refused."""
+
+EPILOG = """examples:
+  sparse24 prune --method sparsegpt --out pruned/sgpt
+  sparse24 retrain --init pruned/sgpt --tokens 500000 --out pruned/sgpt-ast
+  sparse24 retrain --init magnitude --steps 200 --slorb-group 0 --out pruned/mag-ast    # without SLoRB
+"""
+
+
 def add_arguments(p: Any) -> None:
     """``sparse24 retrain`` flags."""
-    p.description = __doc__.split("\n\nOne optimizer step")[0]
+    import argparse
+
+    p.description, p.epilog, p.formatter_class = DESCRIPTION, EPILOG, argparse.RawDescriptionHelpFormatter
     g = p.add_argument_group("what to retrain")
     g.add_argument("--model", default="smollm2-135m", help="the dense model (teacher; also the start with --init "
                    "magnitude): a local HF folder or smollm2-135m (default)")
@@ -393,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import sys
 
-    p = argparse.ArgumentParser(prog="sparse24 retrain", formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="sparse24 retrain")
     add_arguments(p)
     args = p.parse_args(argv)
     try:
