@@ -199,3 +199,19 @@ def test_bad_sizes_are_refused(tmp_path, capsys):
     for flag, value in (("--batch-size", "0"), ("--eval-batches", "-3"), ("--keep", "-1")):
         assert _train(tmp_path / "run", flag, value) == 2
         assert f"{flag} must be" in capsys.readouterr().err
+
+
+def test_gpt2_tied_embeddings_resume_bit_identically(tmp_path):
+    """GPT-2 ties its embedding and head: the checkpoint stores the tensor once and restores both names."""
+    from sparse24.train.checkpoint import read_checkpoint
+
+    out, args = tmp_path / "run", [*RUN4, "--model", "gpt2-tiny"]
+    assert _train(out, *args) == 0
+    want = [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in read_jsonl(out / "metrics.jsonl")]
+    ckpt = read_checkpoint(out / "step-000002")
+    assert ckpt.meta["model_aliases"] == {"lm_head.weight": "transformer.wte.weight"}
+    shutil.rmtree(out / "final")
+    shutil.rmtree(out / "step-000004")
+    assert _train(out, *args) == 0
+    got = [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in read_jsonl(out / "metrics.jsonl")]
+    assert got == want
