@@ -201,7 +201,7 @@ class Trainer:
         """Train to ``cfg.steps``, continuing from a checkpoint when ``resume`` is ``"auto"`` (the newest readable
         ``step-*`` of ``cfg.out_dir``), a folder, or a :class:`~sparse24.train.checkpoint.Checkpoint` already read;
         a checkpoint of a run with other settings (``cfg.extra``) is refused."""
-        from sparse24.train.checkpoint import apply_checkpoint, find_resume, prune_checkpoints, save_checkpoint
+        from sparse24.train.checkpoint import apply_checkpoint, find_resume
         from sparse24.train.telemetry import JsonlLog
         from tqdm.auto import tqdm
 
@@ -215,31 +215,40 @@ class Trainer:
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not (cfg.progress and main), desc="train",
                    dynamic_ncols=True)
         t_start, t_first, first_step = time.perf_counter(), None, self.step
-        while self.step < cfg.steps:
-            row = self.train_step()
-            if self.step == first_step + 1:
-                t_first = time.perf_counter()  # the first step pays one-time costs: time the next ones
-            elif self.step == first_step + 1 + ETA_AFTER and main and self.step < cfg.steps:
-                self._print_eta((time.perf_counter() - t_first) / ETA_AFTER, time.perf_counter() - t_start, bar)
-            if (cfg.eval_every and self.step % cfg.eval_every == 0) or self.step == cfg.steps:
-                row["val_loss"], row["val_loss_se"] = self.evaluate_with_se()
-            self.history.append(row)
+        try:
+            while self.step < cfg.steps:
+                row = self.train_step()
+                if self.step == first_step + 1:
+                    t_first = time.perf_counter()  # the first step pays one-time costs: time the next ones
+                elif self.step == first_step + 1 + ETA_AFTER and main and self.step < cfg.steps:
+                    self._print_eta((time.perf_counter() - t_first) / ETA_AFTER, time.perf_counter() - t_start, bar)
+                self._finish_step(row, bar)
+        finally:
+            bar.close()
             if self.log is not None:
-                self.log.write(row)
-            for fn in self.on_row:
-                fn(self, row)
-            bar.update(1)
-            bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2e}",
-                            flip=f"{row.get('flip_rate', float('nan')):.4f}")
-            if cfg.out_dir is not None and cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
-                save_checkpoint(self, Path(cfg.out_dir) / f"step-{self.step:06d}")
-                if main:
-                    prune_checkpoints(Path(cfg.out_dir), cfg.keep_checkpoints)
-        bar.close()
-        if self.log is not None:
-            self.log.close()
-            self.log = None
+                self.log.close()
+                self.log = None
         return self.history
+
+    def _finish_step(self, row: dict[str, Any], bar: Any) -> None:
+        """Validation when due, the telemetry row (history, JSONL, ``on_row``), the bar, a checkpoint when due."""
+        from sparse24.train.checkpoint import prune_checkpoints, save_checkpoint
+
+        cfg = self.cfg
+        if (cfg.eval_every and self.step % cfg.eval_every == 0) or self.step == cfg.steps:
+            row["val_loss"], row["val_loss_se"] = self.evaluate_with_se()
+        self.history.append(row)
+        if self.log is not None:
+            self.log.write(row)
+        for fn in self.on_row:
+            fn(self, row)
+        bar.update(1)
+        bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2e}",
+                        flip=f"{row.get('flip_rate', float('nan')):.4f}")
+        if cfg.out_dir is not None and cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
+            save_checkpoint(self, Path(cfg.out_dir) / f"step-{self.step:06d}")
+            if self.accelerator.is_main_process:
+                prune_checkpoints(Path(cfg.out_dir), cfg.keep_checkpoints)
 
     def _print_eta(self, per_step: float, elapsed: float, bar: Any) -> None:
         """One line: the measured time per step and the expected time of this session and what is left of it."""
