@@ -12,7 +12,7 @@ from typing import Any
 
 from sparse24.train.telemetry import read_jsonl
 
-__all__ = ["plot_losses", "plot_final_losses", "plot_flip_rates", "final_losses", "smooth", "FLIP_LABELS"]
+__all__ = ["plot_losses", "plot_final_losses", "plot_flip_rates", "plot_curve", "final_losses", "smooth", "FLIP_LABELS"]
 
 # what each flip-rate key measures, in words (axis label, title)
 FLIP_LABELS = {
@@ -142,6 +142,28 @@ def plot_final_losses(finals: dict[str, dict[str, float | None]], out: str | Pat
         ax2.set_xlim(0, max([d for d in dv if d is not None] or [1.0]) * 1.3)
     if note:
         fig.suptitle(note, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return Path(out)
+
+
+def plot_curve(points: list[tuple[float, float]], lines: dict[str, float], out: str | Path, title: str,
+               xlabel: str = "training tokens", ylabel: str = "perplexity") -> Path:
+    """A quality curve (``points`` = (tokens, value)) with reference values as labelled horizontal lines; the y axis
+    is logarithmic when the values span more than a factor of 3."""
+    plt = _plt()
+    values = [v for _, v in points] + list(lines.values())
+    log = min(values) > 0 and max(values) / min(values) > 3
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for i, (name, value) in enumerate(lines.items()):
+        ax.axhline(value, color=f"C{i + 1}", ls="--", lw=1, label=f"{name}: {value:.2f}")
+    if points:
+        ax.plot(*zip(*points), "o-", color="C0", ms=4, label=f"retrained: {points[-1][1]:.2f} at the end")
+    ax.set(xlabel=xlabel, ylabel=ylabel + (" (log scale)" if log else ""), yscale="log" if log else "linear",
+           title=title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)

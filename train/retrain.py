@@ -289,6 +289,13 @@ def add_arguments(p: Any) -> None:
     g.add_argument("--dtype", default="auto", help="auto (float32 on CPU, checkpoint dtype on GPU), float32, "
                    "bfloat16, float16")
     g.add_argument("--eval-every", type=int, default=0, help="validation loss every N steps (0: at the end)")
+    g = p.add_argument_group("quality curve (perplexity against retraining tokens: <out>/retrain_curve.csv/.png)")
+    g.add_argument("--eval-text", default="boolq", help="perplexity text: boolq (default), lambada, calib or a "
+                   ".txt / .jsonl file")
+    g.add_argument("--eval-seq-len", type=int, default=0, help="perplexity window (default: --seq-len)")
+    g.add_argument("--eval-windows", type=int, default=16, help="windows scored each time (default 16)")
+    g.add_argument("--eval-tokens", type=int, default=0, help="score every N training tokens (default 0: at the "
+                   "start and the end only); the dense model and the start are scored once")
     g.add_argument("--ckpt-every", type=int, default=50, help="checkpoint every N steps into <out>.retrain-work/ "
                    "(default 50); a restarted run resumes from the newest one")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -317,82 +324,134 @@ def _steps(args: Any) -> int:
     return steps
 
 
-def retrain(args: Any) -> dict[str, Any]:
-    """The whole ``sparse24 retrain`` job: check --out, load, retrain (resumable), save with SLoRB; returns the
-    model, tokenizer and the record written into ``sparse24_config.json``'s ``extra``."""
-    import time
+@dataclass
+class _Job:
+    """What ``sparse24 retrain`` resolved before any model is loaded."""
 
-    from accelerate import Accelerator
-    from sparse24.prune.driver import matches
-    from sparse24.prune.export import check_all_24
-    from sparse24.prune.slorb import describe, save_slorb_model
-    from sparse24.train.loop import TrainConfig
-    from sparse24.train.pretrain import clear_run, model_fingerprint, start_point
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    out: Path
+    work: Path
+    model_dir: Path
+    init: Path | None
+    device: str
+    dtype: torch.dtype
+    tokenizer: Any
+    ids: Tensor  # [n] training tokens
+    eval_ids: Tensor  # [m] perplexity tokens
+    eval_len: int
+
+
+def _prepare(args: Any) -> _Job:
+    """Check --out (before any work), resolve the model, device and dtype, tokenize the texts."""
+    from transformers import AutoTokenizer
 
     from sparse24.assets import resolve_model
-    from sparse24.fileio import atomic_write_json, check_output_path
+    from sparse24.fileio import check_output_path
     from sparse24.runtime import resolve_device, resolve_dtype
     from sparse24.texts import NAMED_TEXTS, read_text, tokenize_text
 
-    steps = _steps(args)
     model_dir = resolve_model(args.model)
     init = None if args.init == "magnitude" else Path(args.init)
-    inputs = [model_dir, init] + ([args.data] if args.data not in NAMED_TEXTS else [])
-    out = check_output_path(args.out, inputs, overwrite=args.overwrite)
-    work = out.with_name(out.name + ".retrain-work")
+    texts = [t for t in (args.data, args.eval_text) if t not in NAMED_TEXTS]
+    out = check_output_path(args.out, [model_dir, init, *texts], overwrite=args.overwrite)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device) or torch.float32
     tok = AutoTokenizer.from_pretrained(model_dir)
     ids = tokenize_text(tok, read_text(args.data))  # [n]
-    n_val = max(2 * args.seq_len * args.batch_size + 1, len(ids) // 50)
-    if len(ids) < n_val + 2 * args.seq_len:
-        raise ValueError(f"--data {args.data} has {len(ids)} tokens: too few for --seq-len {args.seq_len}")
+    eval_ids = tokenize_text(tok, read_text(args.eval_text))  # [m]
+    return _Job(out, out.with_name(out.name + ".retrain-work"), Path(model_dir), init, device, dtype, tok, ids,
+                eval_ids, args.eval_seq_len or args.seq_len)
+
+
+def _trainer(args: Any, job: _Job, steps: int) -> tuple[Any, dict[str, Any]]:
+    """Teacher, student (from --init), the shared Trainer with AST's loss and hooks; and the run record."""
+    from accelerate import Accelerator
+    from sparse24.prune.driver import matches
+    from sparse24.train.loop import TrainConfig
+    from sparse24.train.pretrain import model_fingerprint
+    from transformers import AutoModelForCausalLM
+
+    n_val = max(2 * args.seq_len * args.batch_size + 1, len(job.ids) // 50)
+    if len(job.ids) < n_val + 2 * args.seq_len:
+        raise ValueError(f"--data {args.data} has {len(job.ids)} tokens: too few for --seq-len {args.seq_len}")
     cfg = config_from_args(args, steps)
     tc = TrainConfig(steps=steps, batch_size=args.batch_size, seq_len=args.seq_len, grad_accum=args.grad_accum,
                      lr=args.lr, min_lr=args.lr / 10, warmup=args.warmup, weight_decay=0.0, clip=1.0, eval_batches=2,
                      eval_every=args.eval_every, ckpt_every=args.ckpt_every, keep_checkpoints=2, seed=args.seed,
-                     progress=not args.no_progress, out_dir=work)
-    record = {"model_dir": str(Path(model_dir).resolve()), "model_sha": model_fingerprint(model_dir),
-              "init": str(init.resolve()) if init else "magnitude",
-              "init_sha": model_fingerprint(init) if init else None, "data": args.data,
-              "data_tokens": len(ids), "targets": args.targets, "ignore": args.ignore, "dtype": str(dtype),
+                     progress=not args.no_progress, out_dir=job.work)
+    record = {"model_dir": str(job.model_dir.resolve()), "model_sha": model_fingerprint(job.model_dir),
+              "init": str(job.init.resolve()) if job.init else "magnitude",
+              "init_sha": model_fingerprint(job.init) if job.init else None, "data": args.data,
+              "data_tokens": len(job.ids), "targets": args.targets, "ignore": args.ignore, "dtype": str(job.dtype),
+              "eval": {"text": args.eval_text, "tokens": len(job.eval_ids), "seq_len": job.eval_len,
+                       "windows": args.eval_windows, "every_tokens": args.eval_tokens},
               "ast": dataclasses.asdict(cfg), "train": {k: v for k, v in dataclasses.asdict(tc).items()
                                                         if k != "extra"}}
     tc.extra = dict(record)  # checkpoints record it; a restart with other settings is refused
-    teacher = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
-    if init is None:
-        student, masks = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype), None
+    teacher = AutoModelForCausalLM.from_pretrained(job.model_dir, dtype=job.dtype)
+    if job.init is None:
+        student, masks = AutoModelForCausalLM.from_pretrained(job.model_dir, dtype=job.dtype), None
     else:
-        student, masks = load_init(init, teacher, dtype)
+        student, masks = load_init(job.init, teacher, job.dtype)
     targets = args.targets if args.targets is not None else (sorted(masks) if masks else ["*"])
     make_student(student, cfg, masks, lambda m, fqn: isinstance(m, nn.Linear) and matches(fqn, targets, args.ignore))
-    trainer = make_ast_trainer(student, teacher, cfg, tc, ids[:-n_val], ids[-n_val:],
-                               accelerator=Accelerator(cpu=device == "cpu"))
+    trainer = make_ast_trainer(student, teacher, cfg, tc, job.ids[:-n_val], job.ids[-n_val:],
+                               accelerator=Accelerator(cpu=job.device == "cpu"))
+    return trainer, record
+
+
+def retrain(args: Any) -> dict[str, Any]:
+    """The whole ``sparse24 retrain`` job: check --out, load, retrain (resumable), save with SLoRB, write the
+    perplexity curve; returns the model, tokenizer and the record written into ``sparse24_config.json``'s ``extra``."""
+    import time
+
+    from sparse24.prune.export import check_all_24
+    from sparse24.prune.slorb import describe, save_slorb_model
+    from sparse24.train.curve import baselines, ppl_hook, score, write_curve
+    from sparse24.train.pretrain import clear_run, start_point
+    from sparse24.train.telemetry import read_jsonl
+
+    from sparse24.fileio import atomic_write_json
+
+    steps = _steps(args)
+    job = _prepare(args)
+    trainer, record = _trainer(args, job, steps)
+    work, out = job.work, job.out
     ckpt = start_point(work, "auto", trainer.cfg.extra, overwrite=args.overwrite)  # refuses other settings
     if args.overwrite:
         clear_run(work)
     work.mkdir(parents=True, exist_ok=True)
     atomic_write_json(work / "run.json", trainer.cfg.extra)
+    lines = baselines(work, ckpt is None, lambda: {
+        "dense": score(trainer.loss_fn.teacher, job.eval_ids, job.eval_len, args.eval_windows),
+        "start": score(trainer.unwrapped, job.eval_ids, job.eval_len, args.eval_windows)})
+    trainer.after_step.append(ppl_hook(job.eval_ids, job.eval_len, args.eval_windows, args.eval_tokens))
     t0 = time.time()
     history = trainer.fit(ckpt)
     model = trainer.unwrapped.eval()
     last = history[-1] if history else {}
     tps = sorted(r["tokens_per_s"] for r in history)
     extra = {"method": "ast", **record, "tokens_trained": trainer.tokens, "train_seconds_this_session":
-             round(time.time() - t0, 1), "final": {k: last.get(k) for k in ("step", "loss", "val_loss")},
-             "tokens_per_s": tps[len(tps) // 2] if tps else None, "slorb_params": describe(model)}
+             round(time.time() - t0, 1), "final": {k: last.get(k) for k in ("step", "loss", "val_loss", "eval_ppl")},
+             "baselines_ppl": lines, "tokens_per_s": tps[len(tps) // 2] if tps else None,
+             "slorb_params": describe(model)}
     save_slorb_model(model, out, compressed=args.compressed, overwrite=True, extra=extra)  # --out checked above
-    tok.save_pretrained(out)
-    if (work / "metrics.jsonl").is_file():
-        shutil.copy(work / "metrics.jsonl", out / "retrain_metrics.jsonl")
+    job.tokenizer.save_pretrained(out)
+    shutil.copy(work / "metrics.jsonl", out / "retrain_metrics.jsonl")
+    start_name = "one-shot start (--init " + ("magnitude" if job.init is None else job.init.name) + ")"
+    curve = write_curve(read_jsonl(out / "retrain_metrics.jsonl"), lines["start"],
+                        {"dense": lines["dense"], start_name: lines["start"]}, out / "retrain_curve",
+                        f"AST retraining: perplexity on {Path(args.eval_text).name} ({args.eval_windows} windows "
+                        f"x {job.eval_len} tokens)")
     shutil.rmtree(work, ignore_errors=True)
     ok, total = check_all_24(model)
     print(f"sparse24 retrain: {trainer.step} steps, {trainer.tokens:,} tokens ({extra['tokens_per_s'] or 0:,.0f} "
           f"tokens/s), final loss {last.get('loss', float('nan')):.4f}, validation loss "
           f"{last.get('val_loss') or float('nan'):.4f}; {ok}/{total} weights exactly 2:4")
+    print(f"perplexity on {args.eval_text}: dense {lines['dense']:.2f}, start {lines['start']:.2f}, retrained "
+          f"{last.get('eval_ppl', float('nan')):.2f}; curve: {curve[0]} and {curve[1]}")
     print(f"saved to {out} (load with sparse24.prune.slorb.load_slorb_model); metrics: {out / 'retrain_metrics.jsonl'}")
-    return {"model": model, "tokenizer": tok, "model_dir": model_dir, "extra": extra, "ok": ok, "total": total}
+    return {"model": model, "tokenizer": job.tokenizer, "model_dir": job.model_dir, "extra": extra, "ok": ok,
+            "total": total}
 
 
 def run(args: Any) -> int:

@@ -214,7 +214,7 @@ def _tiny_model_and_text(tiny_llama, tmp_path):
 
 def _retrain_argv(model, text, out, *extra):
     return ["--model", str(model), "--data", str(text), "--seq-len", "16", "--batch-size", "2", "--slorb-group", "8",
-            "--out", str(out), "--no-progress", *extra]
+            "--eval-text", str(text), "--eval-windows", "2", "--out", str(out), "--no-progress", *extra]
 
 
 def test_retrain_command_end_to_end(tiny_llama, tmp_path, capsys):
@@ -274,6 +274,40 @@ def test_retrain_resume_after_a_crash_is_bit_identical_and_checks_settings(tiny_
     a, b = (read_jsonl(tmp_path / f / "retrain_metrics.jsonl") for f in ("full", "cut"))
     assert [r["step"] for r in b] == [1, 2, 3, 4, 5]
     assert [{k: r.get(k) for k in keys} for r in a] == [{k: r.get(k) for k in keys} for r in b]
+
+
+def test_retrain_command_from_a_pruned_folder_draws_the_curve(tiny_llama, tmp_path, capsys):
+    """``sparse24 prune`` then ``sparse24 retrain --init``: the curve starts at the pruned model's perplexity (step 0
+    is the one-shot model), the dense line is the dense model's, points every --eval-tokens and at the end."""
+    import csv
+
+    from sparse24.eval.perplexity import perplexity
+    from sparse24.train.retrain import main as retrain_main
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sparse24.cli import main
+    from sparse24.texts import tokenize_text
+
+    model, text = _tiny_model_and_text(tiny_llama, tmp_path)
+    assert main(["prune", "--model", str(model), "--method", "magnitude", "--out", str(tmp_path / "p"),
+                 "--no-progress"]) == 0
+    argv = _retrain_argv(model, text, tmp_path / "out", "--init", str(tmp_path / "p"), "--steps", "4",
+                         "--eval-tokens", "64", "--eval-seq-len", "24")
+    assert retrain_main(argv) == 0
+    rows = list(csv.reader((tmp_path / "out" / "retrain_curve.csv").open()))
+    points = [(int(t), int(s), float(p)) for t, s, p in rows[1:] if not t.startswith("#")]
+    lines = {name[2:]: float(p) for name, _, p in rows[1:] if name.startswith("#")}
+    assert [(t, s) for t, s, _ in points] == [(0, 0), (64, 2), (128, 4)]  # 32 tokens per step
+    ids = tokenize_text(AutoTokenizer.from_pretrained(model), text.read_text())
+    one_shot = AutoModelForCausalLM.from_pretrained(tmp_path / "p")
+    want = {"dense": AutoModelForCausalLM.from_pretrained(model), "start": one_shot}
+    for name, net in want.items():
+        ref = perplexity(net, ids, 24, max_windows=2)["ppl"]
+        got = points[0][2] if name == "start" else lines["dense"]
+        assert got == pytest.approx(ref, rel=1e-5), name
+    assert any(k.startswith("one-shot start") for k in lines)
+    assert (tmp_path / "out" / "retrain_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert "retrain_curve.csv" in capsys.readouterr().out
 
 
 def test_retrain_from_a_pruned_folder_starts_at_the_one_shot_model(tiny_llama, tmp_path):
