@@ -64,6 +64,8 @@ def _hf_folder(p: Path) -> list[str]:
 
         ds = load_from_disk(str(p))
         ds = ds["train"] if hasattr(ds, "keys") and "train" in ds else ds
+        if "text" not in ds.column_names:
+            raise ValueError(f"--data {p}: the dataset has no 'text' column (columns: {ds.column_names})")
         return list(ds["text"])
     except ImportError:
         import pyarrow as pa
@@ -71,7 +73,10 @@ def _hf_folder(p: Path) -> list[str]:
         texts = []
         for f in sorted(p.rglob("*.arrow")):
             with pa.memory_map(str(f)) as src:
-                texts += pa.ipc.open_stream(src).read_all().column("text").to_pylist()
+                table = pa.ipc.open_stream(src).read_all()
+            if "text" not in table.column_names:
+                raise ValueError(f"--data {f}: no 'text' column (columns: {table.column_names})") from None
+            texts += table.column("text").to_pylist()
         return texts
 
 

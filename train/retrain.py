@@ -309,9 +309,12 @@ def config_from_args(args: Any, steps: int) -> ASTConfig:
 
 
 def _steps(args: Any) -> int:
-    for flag in ("batch_size", "seq_len", "grad_accum"):
+    for flag in ("batch_size", "seq_len", "grad_accum", "eval_windows"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 1")
+    for flag in ("eval_tokens", "eval_every", "ckpt_every", "eval_seq_len"):
+        if getattr(args, flag) < 0:
+            raise ValueError(f"--{flag.replace('_', '-')} must be >= 0")
     if args.steps is not None and args.tokens is not None:
         raise ValueError("give --steps or --tokens, not both")
     if args.tokens is not None:

@@ -244,6 +244,9 @@ def test_retrain_command_end_to_end(tiny_llama, tmp_path, capsys):
     assert "--overwrite" in capsys.readouterr().err
     assert main([*argv[:-4], "--steps", "2", "--tokens", "64"]) == 2
     assert "not both" in capsys.readouterr().err
+    for flag, value in (("--batch-size", "0"), ("--eval-windows", "-3"), ("--tokens", "0")):
+        assert main([*argv[:-4], flag, value]) == 2
+        assert f"{flag} must be" in capsys.readouterr().err
 
 
 def test_retrain_resume_after_a_crash_is_bit_identical_and_checks_settings(tiny_llama, tmp_path, capsys, monkeypatch):
