@@ -106,8 +106,10 @@ def run(args: argparse.Namespace) -> int:
              eval_batches=args.eval_batches, progress=not args.no_progress)
     s = summary(args.out)
     metrics = Path(args.out) / "metrics.jsonl"
-    print(f"sparse24 train: step {s.get('step')}: train loss {_fmt_loss(s.get('loss'))} (mean of the last 20 steps "
-          f"{_fmt_loss(s.get('loss_last20'))}), validation loss {_fmt_loss(s.get('val_loss'))}")
+    se = f" ± {s['val_loss_se']:.4f}" if s.get("val_loss_se") else ""
+    print(f"sparse24 train: step {s.get('step')}: train loss {_fmt_loss(s.get('loss'))} (mean of the last "
+          f"{s.get('loss_window')} steps {_fmt_loss(s.get('loss_last20'))}), validation loss "
+          f"{_fmt_loss(s.get('val_loss'))}{se}")
     print(f"metrics (one JSON row per step): {metrics}")
     print(f"plot them: python -m sparse24.train.plot {args.out} --out {Path(args.out) / 'loss.png'}")
     return 0

@@ -134,7 +134,8 @@ def start_point(out: str | Path, resume: Any, extra: dict[str, Any], overwrite: 
 
 
 def summary(out: str | Path) -> dict[str, Any]:
-    """Final train loss (last step, and mean of the last 20), last validation loss, steps, tokens of a run folder."""
+    """Final train loss (last step, and mean of the last up to 20 steps), last validation loss (and its standard
+    error), steps, tokens of a run folder."""
     from sparse24.train.telemetry import read_jsonl
 
     rows = read_jsonl(Path(out) / "metrics.jsonl") if (Path(out) / "metrics.jsonl").is_file() else []
@@ -143,8 +144,9 @@ def summary(out: str | Path) -> dict[str, Any]:
     val = [r for r in rows if r.get("val_loss") is not None]
     tail = [r["loss"] for r in rows[-20:] if r.get("loss") is not None]
     return {"step": rows[-1]["step"], "tokens": rows[-1].get("tokens"), "loss": rows[-1].get("loss"),
-            "loss_last20": sum(tail) / len(tail) if tail else None, "val_loss": val[-1]["val_loss"] if val else None,
-            "val_step": val[-1]["step"] if val else None}
+            "loss_last20": sum(tail) / len(tail) if tail else None, "loss_window": len(tail),
+            "val_loss": val[-1]["val_loss"] if val else None,
+            "val_loss_se": val[-1].get("val_loss_se") if val else None, "val_step": val[-1]["step"] if val else None}
 
 
 def pretrain(recipe: Recipe | str, out: str | Path, resume: str | None = "auto", save: bool = True,
@@ -171,6 +173,8 @@ def pretrain(recipe: Recipe | str, out: str | Path, resume: str | None = "auto",
         atomic_write_json(out / "run.json", trainer.cfg.extra)
     acc.wait_for_everyone()
     done_before = ckpt is not None and ckpt.meta["step"] >= trainer.cfg.steps and (out / "final").is_dir()
+    if done_before and acc.is_main_process:
+        print(f"sparse24 train: {out} holds this run finished (step {ckpt.meta['step']}); nothing to train")
     history = trainer.fit(ckpt)
     if save and not done_before:
         from sparse24.train.export import save_final
