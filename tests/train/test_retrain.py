@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 from sparse24.prune.slorb import SLoRBLinear, load_slorb_model, merge_slorb, save_slorb_model, without_slorb
+from sparse24.train.ast_trainer import ASTConfig, DistillLoss, distill_kl, lambda_at, make_ast_trainer, make_student
 from sparse24.train.data import batch_at
 from sparse24.train.loop import TrainConfig
-from sparse24.train.retrain import ASTConfig, DistillLoss, distill_kl, lambda_at, make_ast_trainer, make_student
 from torch import nn
 
 from sparse24 import MagnitudeConfig, SparseLinear
@@ -346,7 +346,7 @@ def test_retrain_from_a_pruned_folder_starts_at_the_one_shot_model(tiny_llama, t
 
 def test_initial_masks_from_a_pruned_folder(tiny_llama, tmp_path):
     """Kept = non-zeros of the pruned weight; groups short of 2 (a kept weight exactly 0) filled by dense |W|."""
-    from sparse24.train.retrain import masks_from_pruned
+    from sparse24.train.ast_trainer import masks_from_pruned
 
     from sparse24 import save_sparse, sparsify
 
