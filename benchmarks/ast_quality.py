@@ -3,8 +3,9 @@
 Perplexity uses the pruning table's protocol (``benchmarks/pruning_quality.py``): :func:`sparse24.eval.perplexity` on
 the BoolQ passages, non-overlapping windows, the first 8 windows of 2048 tokens and the first 32 of 512. SparseGPT uses
 the table's calibration (32 windows x 512 tokens of the ``calib`` text, seed 0); ``--sparsegpt`` reuses a folder
-pruned that way (e.g. ``out/pruning_quality/sparsegpt``). AST retrains on random windows of the same ``calib`` text,
-never the evaluation text; a killed run restarted with the same arguments resumes AST from its last checkpoint.
+pruned that way (e.g. ``out/pruning_quality/sparsegpt``). AST (``sparse24 retrain``) retrains on random windows of the
+same ``calib`` text, never the evaluation text; a killed run restarted with the same arguments resumes AST from its
+last checkpoint.
 Writes ``benchmarks/results/ast_quality.md`` (and ``.json``).
 
     python benchmarks/ast_quality.py --threads 2                 # the default budget (see --help)
@@ -44,8 +45,10 @@ def parse() -> argparse.Namespace:
     p.add_argument("--sparsegpt", type=Path, help="reuse this SparseGPT folder (32 x 512 calib) instead of pruning")
     p.add_argument("--no-magnitude", action="store_true", help="skip the magnitude one-shot row (saves its evals)")
     p.add_argument("--out", type=Path, default=RESULTS / "ast_quality.md")
-    p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more `sparse24 prune --method ast` "
-                   "options, e.g. --extra --slorb-group 0 (must come last)")
+    p.add_argument("--init", default="magnitude", help="AST's start: magnitude (default, as measured so far) or "
+                   "sparsegpt (the SparseGPT folder below: its masks and updated weights)")
+    p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more `sparse24 retrain` options, e.g. "
+                   "--extra --slorb-group 0 (must come last)")
     a = p.parse_args()
     if len(a.windows) != len(a.seqlens):
         p.error("--windows needs one count per --seqlens value")
@@ -61,11 +64,20 @@ def prune_args(argv: list[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def retrain_args(argv: list[str]) -> argparse.Namespace:
+    """Arguments exactly as ``sparse24 retrain`` parses them."""
+    from sparse24.train import retrain
+
+    p = argparse.ArgumentParser()
+    retrain.add_arguments(p)
+    return p.parse_args(argv)
+
+
 def main() -> None:
     import torch
     from sparse24.eval.perplexity import perplexity
-    from sparse24.prune.ast import run_ast
     from sparse24.prune.cli import prune_checkpoint
+    from sparse24.train.retrain import retrain
     from transformers import AutoModelForCausalLM
 
     from sparse24 import MagnitudeConfig, sparsify
@@ -96,12 +108,13 @@ def main() -> None:
     if not a.no_magnitude:  # AST's initial mask, before any training
         rows["magnitude"] = ppl(sparsify(copy.deepcopy(dense), MagnitudeConfig()))
     del dense
-    shutil.rmtree(a.work / "ast", ignore_errors=True)  # a finished run; a killed one resumes from ast.ast-work/
-    ast_args = prune_args(["--method", "ast", "--steps", str(a.steps), "--seqlen", str(a.seqlen), "--batch-size",
-                           str(a.batch_size), "--lr", str(a.lr), "--out", str(a.work / "ast"), "--no-progress",
-                           "--seed", "0", *a.extra])
+    shutil.rmtree(a.work / "ast", ignore_errors=True)  # a finished run; a killed one resumes from ast.retrain-work/
+    init = str(folder) if a.init == "sparsegpt" else "magnitude"
+    ast_args = retrain_args(["--init", init, "--steps", str(a.steps), "--seq-len", str(a.seqlen), "--batch-size",
+                             str(a.batch_size), "--lr", str(a.lr), "--out", str(a.work / "ast"), "--no-progress",
+                             "--seed", "0", *a.extra])
     t0 = time.time()
-    ast = run_ast(ast_args)
+    ast = retrain(ast_args)
     seconds["ast"] = time.time() - t0
     rows["ast"] = ppl(ast["model"])
     write(a, rows, ast["extra"], ast_args, seconds, str(folder))
@@ -119,8 +132,8 @@ def write(a: argparse.Namespace, rows: dict, ex: dict, ast_args: argparse.Namesp
     sgpt_note = f"reused {sgpt_folder}" if a.sparsegpt else f"32 x 512 calib tokens, {seconds['sparsegpt']:.0f} s"
     notes = {"dense": "SmolLM2-135M-Instruct (Q4_1 dequantised)",
              "magnitude": "AST's initial mask, before retraining", "sparsegpt": sgpt_note,
-             "ast": f"{ast_args.steps} steps x {ast_args.batch_size} x {ast_args.seqlen} = {ex['tokens_trained']} "
-                    f"tokens of `calib`, {seconds['ast']:.0f} s"}
+             "ast": f"from {ex['init']}: {ex['final']['step']} steps x {ast_args.batch_size} x {ast_args.seq_len} = "
+                    f"{ex['tokens_trained']} tokens of `calib`, {seconds['ast']:.0f} s"}
     names = {"dense": "dense", "magnitude": "magnitude 2:4 one-shot", "sparsegpt": "SparseGPT 2:4 one-shot",
              "ast": "**AST 2:4**"}
     ppl = "; ".join(f"{rows['dense'][s]['windows']} windows x {s} tokens" for s in a.seqlens)

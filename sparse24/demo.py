@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -31,43 +32,25 @@ def tiny_llama(layers: int = 2, hidden: int = 64, vocab: int = 256, seed: int = 
     return LlamaForCausalLM(cfg)
 
 
-def random_batches(tokens: torch.Tensor, batch: int, seqlen: int, generator: torch.Generator) -> torch.Tensor:
-    """``[batch, seqlen + 1]`` random windows of ``tokens``."""
-    starts = torch.randint(0, len(tokens) - seqlen - 1, (batch,), generator=generator)
-    return torch.stack([tokens[s : s + seqlen + 1] for s in starts.tolist()])
+def demo_trainer(model: nn.Module, tokens: torch.Tensor, steps: int, lr: float = 3e-3, batch: int = 8,
+                 seqlen: int = 64, seed: int = 0, log_every: int = 10, quiet: bool = False) -> Any:
+    """The shared :class:`~sparse24.train.loop.Trainer` (the one ``sparse24 train`` runs) set up for the demo:
+    AdamW at a constant ``lr`` without weight decay, clipping at 1, masked decay and mask refresh as the layers'
+    configs say, random windows of ``tokens`` by position; prints a line every ``log_every`` steps unless ``quiet``."""
+    from sparse24.train.data import batch_at
+    from sparse24.train.loop import TrainConfig, Trainer
 
+    cfg = TrainConfig(steps=steps, batch_size=batch, seq_len=seqlen, lr=lr, min_lr=lr, warmup=0.0, weight_decay=0.0,
+                      clip=1.0, seed=seed, progress=False)
+    trainer = Trainer(model, cfg, lambda i: batch_at(tokens, i, batch, seqlen, seed))
 
-def train_steps(model: nn.Module, tokens: torch.Tensor, steps: int, lr: float = 3e-3, batch: int = 8,
-                seqlen: int = 64, seed: int = 0, log_every: int = 10, quiet: bool = False) -> list[dict]:
-    """A minimal AdamW loop with clipping, masked decay and mask refresh; returns one record per step."""
-    from sparse24.api import apply_masked_decay, sparse_modules, update_masks
-    from sparse24.tracking import FlipTracker
+    def log(tr: Any, row: dict) -> None:
+        if not quiet and (row["step"] % log_every == 0 or row["step"] == 1):
+            print(f"step {row['step']:4d}  loss {row['loss']:.4f}  flip_rate {row.get('flip_rate', 0.0):.4f}  "
+                  f"flip_rate_vs_init {row.get('flip_rate_init', 0.0):.4f}")
 
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    tracker, history = FlipTracker(), []
-    tracker.update({n: m.mask for n, m in sparse_modules(model)})
-    model.train()
-    for step in range(1, steps + 1):
-        b = random_batches(tokens, batch, seqlen, gen)
-        loss = _loss(model, b)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        apply_masked_decay(model)
-        opt.step()
-        stats = update_masks(model, tracker)  # refresh due masks, flip rates
-        rec = {"step": step, "loss": loss.item(), **{k: v for k, v in stats.items() if "/" not in k}}
-        history.append(rec)
-        if not quiet and (step % log_every == 0 or step == 1):
-            print(f"step {step:4d}  loss {rec['loss']:.4f}  flip_rate {rec.get('flip_rate', 0.0):.4f}  "
-                  f"flip_rate_vs_init {rec.get('flip_rate_init', 0.0):.4f}")
-    return history
-
-
-def _loss(model: nn.Module, b: torch.Tensor) -> torch.Tensor:
-    logits = model(input_ids=b[:, :-1]).logits  # [B, T, V]
-    return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), b[:, 1:].reshape(-1))
+    trainer.on_row.append(log)
+    return trainer
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -82,9 +65,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sparse24.api import sparse_modules, sparsify
+    from sparse24.fileio import check_output_path
     from sparse24.io import load_sparse, save_sparse
     from sparse24.masks import is_24
+    from sparse24.runtime import quiet_third_party
 
+    quiet_third_party()
+    if args.steps < 1:
+        raise ValueError("--steps must be >= 1")
+    check_output_path(args.out, overwrite=args.overwrite)  # before any training: refuse an existing --out now
     torch.manual_seed(args.seed)
     tokens = byte_tokens(shipped_text())
     model = tiny_llama(args.layers, args.hidden, seed=args.seed)
@@ -94,9 +83,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"sparse24 demo: {args.layers}-layer Llama (hidden {args.hidden}), {n} linears -> {cfg.name} 2:4, "
           f"{len(tokens)} bytes of shipped text")
     t0 = time.time()
-    hist = train_steps(model, tokens, args.steps, seed=args.seed)
-    print(f"trained {args.steps} steps in {time.time() - t0:.1f}s: loss {hist[0]['loss']:.3f} -> {hist[-1]['loss']:.3f}")
-    folder = save_sparse(model, args.out, compressed=True, overwrite=args.overwrite,
+    trainer = demo_trainer(model, tokens, args.steps, seed=args.seed)
+    hist = trainer.fit()
+    model = trainer.unwrapped.cpu()  # the checks below run on the CPU
+    print(f"trained {args.steps} steps in {time.time() - t0:.1f}s: loss {hist[0]['loss']:.3f} -> "
+          f"{hist[-1]['loss']:.3f}")
+    folder = save_sparse(model, args.out, compressed=True, overwrite=True,  # --out checked above
                          extra={"demo": {"steps": args.steps, "final_loss": hist[-1]["loss"]}})
     size = sum(f.stat().st_size for f in folder.iterdir())
     print(f"saved to {folder} ({size / 1e6:.2f} MB: HF dense-with-zeros + sparse24_compressed.safetensors)")

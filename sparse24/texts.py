@@ -26,7 +26,7 @@ import torch
 from sparse24.assets import cache_dir, olmo_dataset, olmo_requests
 from sparse24.fileio import atomic_write_text
 
-__all__ = ["NAMED_TEXTS", "text_path", "read_text", "passages", "tokenize_text", "calibration_samples",
+__all__ = ["NAMED_TEXTS", "text_path", "read_text", "jsonl_texts", "passages", "tokenize_text", "calibration_samples",
            "shipped_text", "byte_tokens", "iter_text", "iter_tokens"]
 
 NAMED_TEXTS = ("boolq", "lambada", "calib")
@@ -83,26 +83,34 @@ def read_text(spec: str | os.PathLike) -> str:
     path = Path(spec)
     if not path.is_file():
         raise FileNotFoundError(f"{spec}: no such file; pass one of {NAMED_TEXTS} or a .txt/.jsonl path")
+    if path.suffix == ".jsonl":
+        return "\n\n".join(jsonl_texts(path))
+    return _utf8(path)
+
+
+def _utf8(path: Path) -> str:
     try:
-        raw = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); convert it to UTF-8") from None
-    if path.suffix == ".jsonl":
-        texts = []
-        for no, line in enumerate(raw.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{no}: not valid JSON ({e.msg}); every line must be an object with a "
-                                 "'text' field") from None
-            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-                found = sorted(row) if isinstance(row, dict) else type(row).__name__
-                raise ValueError(f"{path}:{no}: every line needs a string 'text' field (found {found})")
-            texts.append(row["text"])
-        return "\n\n".join(texts)
-    return raw
+
+
+def jsonl_texts(path: str | os.PathLike) -> list[str]:
+    """The ``text`` field of every line of a ``.jsonl`` file (blank lines skipped); errors name ``file:line``."""
+    path, texts = Path(path), []
+    for no, line in enumerate(_utf8(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{no}: not valid JSON ({e.msg}); every line must be an object with a "
+                             "'text' field") from None
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+            found = sorted(row) if isinstance(row, dict) else type(row).__name__
+            raise ValueError(f"{path}:{no}: every line needs a string 'text' field (found {found})")
+        texts.append(row["text"])
+    return texts
 
 
 def tokenize_text(tokenizer, text: str) -> torch.Tensor:

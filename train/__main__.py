@@ -14,7 +14,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return run(args)
-    except (ValueError, FileNotFoundError, FileExistsError, TypeError, RuntimeError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, TypeError, RuntimeError, PermissionError) as e:
         print(f"sparse24 train: error: {e}", file=sys.stderr)
         return 2
 

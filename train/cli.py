@@ -23,7 +23,10 @@ examples:
   sparse24 train --recipe sste --model llama-small --steps 2000 --out runs/sste
   sparse24 train --recipe srste_decay_ft --data my_text.jsonl --out runs/srste --resume auto
   accelerate launch --multi_gpu --num_processes 2 -m sparse24.train --recipe sste --out runs/ddp   # DDP (gloo on CPU)
-  python -m sparse24.train.plot runs/dense runs/sste --out loss.png
+  python -m sparse24.train.plot runs/dense runs/sste --out loss.png     # compare runs
+
+A run folder holds run.json (the settings), metrics.jsonl, step-* checkpoints (safetensors + JSON) and final/.
+--resume auto continues only a run with the same settings (it names each difference otherwise).
 """
 
 
@@ -59,14 +62,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--keep", type=int, default=2, help="step-* checkpoints to keep, 0 = all (default: 2)")
     g.add_argument("--eval-every", type=int, default=0, help="validation every N steps, 0 = at the end only")
     g.add_argument("--eval-batches", type=int, default=8, help="validation batches (default: 8)")
-    g.add_argument("--resume", default="auto", help="'auto' (latest step-* in --out), 'no', or a checkpoint folder")
+    g.add_argument("--resume", default="auto", help="'auto' (continue the newest step-* in --out if its run had the "
+                   "same settings; refuses otherwise), 'no' (fresh start; refuses a folder holding a run), or a "
+                   "checkpoint folder")
+    g.add_argument("--overwrite", action="store_true", help="discard a previous run in --out (checkpoints, "
+                   "metrics.jsonl, final/) and start over")
     g.add_argument("--no-progress", action="store_true", help="no tqdm bar")
 
 
+def _fmt_loss(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
 def run(args: argparse.Namespace) -> int:
-    from sparse24.train.pretrain import pretrain
+    from sparse24.train.pretrain import pretrain, summary
     from sparse24.train.recipe import list_recipes, load_recipe
 
+    from sparse24.runtime import quiet_third_party
+
+    quiet_third_party()
     if args.recipe == "list":
         for name in list_recipes():
             print(f"{name:16s} {load_recipe(name).description}")
@@ -79,12 +93,23 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--decay applies to srste recipes; {recipe.name} uses {recipe.method}")
         over["config"] = {**recipe.config, "decay": args.decay}
     recipe = recipe.replace(**over) if over else recipe
-    for flag in ("steps", "batch_size", "seq_len", "grad_accum"):
+    for flag in ("steps", "batch_size", "seq_len", "grad_accum", "eval_batches", "vocab_size"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 1")
-    pretrain(recipe, args.out, resume=args.resume, model=args.model, data=args.data, tokenizer=args.tokenizer,
-             vocab_size=args.vocab_size, backend=args.backend, steps=args.steps, batch_size=args.batch_size,
-             seq_len=args.seq_len, grad_accum=args.grad_accum, seed=args.seed, ckpt_every=args.ckpt_every,
-             keep_checkpoints=args.keep, eval_every=args.eval_every, eval_batches=args.eval_batches,
-             progress=not args.no_progress)
+    for flag in ("ckpt_every", "keep", "eval_every"):
+        if getattr(args, flag) < 0:
+            raise ValueError(f"--{flag.replace('_', '-')} must be >= 0")
+    pretrain(recipe, args.out, resume=args.resume, overwrite=args.overwrite, model=args.model, data=args.data,
+             tokenizer=args.tokenizer, vocab_size=args.vocab_size, backend=args.backend, steps=args.steps,
+             batch_size=args.batch_size, seq_len=args.seq_len, grad_accum=args.grad_accum, seed=args.seed,
+             ckpt_every=args.ckpt_every, keep_checkpoints=args.keep, eval_every=args.eval_every,
+             eval_batches=args.eval_batches, progress=not args.no_progress)
+    s = summary(args.out)
+    metrics = Path(args.out) / "metrics.jsonl"
+    se = f" ± {s['val_loss_se']:.4f}" if s.get("val_loss_se") else ""
+    print(f"sparse24 train: step {s.get('step')}: train loss {_fmt_loss(s.get('loss'))} (mean of the last "
+          f"{s.get('loss_window')} steps {_fmt_loss(s.get('loss_last20'))}), validation loss "
+          f"{_fmt_loss(s.get('val_loss'))}{se}")
+    print(f"metrics (one JSON row per step): {metrics}")
+    print(f"plot them: python -m sparse24.train.plot {args.out} --out {Path(args.out) / 'loss.png'}")
     return 0

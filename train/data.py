@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from sparse24.assets import cache_dir
+from sparse24.texts import jsonl_texts, read_text
 
 __all__ = ["TokenData", "load_data", "batch_at", "val_batches", "read_texts"]
 
@@ -51,14 +52,9 @@ def read_texts(path: str | os.PathLike) -> list[str]:
     docs = []
     for f in files:
         if f.suffix == ".jsonl":
-            for i, line in enumerate(f.read_text(encoding="utf-8").splitlines()):
-                if line.strip():
-                    rec = json.loads(line)
-                    if "text" not in rec:
-                        raise ValueError(f"{f}:{i + 1}: a .jsonl record needs a 'text' field")
-                    docs.append(rec["text"])
+            docs += jsonl_texts(f)
         else:
-            docs += [d for d in f.read_text(encoding="utf-8").split("\n\n") if d.strip()]
+            docs += [d for d in read_text(f).split("\n\n") if d.strip()]
     return docs
 
 
@@ -68,6 +64,8 @@ def _hf_folder(p: Path) -> list[str]:
 
         ds = load_from_disk(str(p))
         ds = ds["train"] if hasattr(ds, "keys") and "train" in ds else ds
+        if "text" not in ds.column_names:
+            raise ValueError(f"--data {p}: the dataset has no 'text' column (columns: {ds.column_names})")
         return list(ds["text"])
     except ImportError:
         import pyarrow as pa
@@ -75,7 +73,10 @@ def _hf_folder(p: Path) -> list[str]:
         texts = []
         for f in sorted(p.rglob("*.arrow")):
             with pa.memory_map(str(f)) as src:
-                texts += pa.ipc.open_stream(src).read_all().column("text").to_pylist()
+                table = pa.ipc.open_stream(src).read_all()
+            if "text" not in table.column_names:
+                raise ValueError(f"--data {f}: no 'text' column (columns: {table.column_names})") from None
+            texts += table.column("text").to_pylist()
         return texts
 
 

@@ -9,14 +9,13 @@ A ``tokenizer.json`` (when the run trained one) and ``sparse24_train.json`` (rec
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from sparse24.api import sparse_modules, unsparsify
-from sparse24.fileio import atomic_folder
+from sparse24.fileio import atomic_folder, atomic_write_json
 from sparse24.io import save_sparse
 
 __all__ = ["save_final"]
@@ -36,7 +35,7 @@ def save_final(model: nn.Module, folder: str | Path, record: dict[str, Any], tok
         with atomic_folder(folder, overwrite=True) as tmp:
             plain.save_pretrained(tmp)
         kind = "dense"
-    (folder / "sparse24_train.json").write_text(json.dumps({"saved_as": kind, **record}, indent=2, default=str))
+    atomic_write_json(folder / "sparse24_train.json", {"saved_as": kind, **record})
     if tokenizer is not None:
         from transformers import PreTrainedTokenizerFast
 

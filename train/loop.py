@@ -1,6 +1,6 @@
 """One training loop for every recipe (and for AST retraining): pluggable loss, hooks, accelerate, resume.
 
-Order of one optimizer step (algorithms.md §2.2, §2.3):
+Order of one optimizer step (as arXiv 2404.01847 places the masked decay):
 
 1. ``grad_accum`` micro-batches: ``loss_fn(model, batch) / grad_accum`` → backward (DDP syncs on the last one);
 2. clip the global grad norm (``clip``);
@@ -8,7 +8,8 @@ Order of one optimizer step (algorithms.md §2.2, §2.3):
 4. ``optimizer.step()``; ``after_optimizer_step`` hooks: by default decoupled decay for ``decay_placement="weight"``;
 5. scheduler step; :func:`sparse24.update_masks` (refresh due masks, flip rates vs previous / initial mask);
 6. dense fine-tune switch once ``step == dense_from``; ``after_step`` hooks (telemetry extras, λ ramps, ...);
-7. telemetry row (JSONL), validation every ``eval_every`` steps, an atomic checkpoint every ``ckpt_every`` steps.
+7. telemetry row (JSONL; ``on_row`` callbacks see it), validation every ``eval_every`` steps, an atomic checkpoint
+   every ``ckpt_every`` steps.
 
 A hook is ``fn(trainer) -> dict | None``; a returned dict is merged into that step's telemetry row.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,7 @@ from sparse24.tracking import FlipTracker
 
 __all__ = ["TrainConfig", "Trainer", "causal_lm_loss", "cosine_schedule"]
 
+ETA_AFTER = 3  # steps timed (after the first) before the expected total time is printed
 Batch = dict[str, torch.Tensor]
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]
 Hook = Callable[["Trainer"], "dict | None"]
@@ -122,6 +125,7 @@ class Trainer:
         self.before_optimizer_step: list[Hook] = [_decay_on_grads]
         self.after_optimizer_step: list[Hook] = [_decay_on_weights]
         self.after_step: list[Hook] = []
+        self.on_row: list[Callable[[Trainer, dict], None]] = []  # see each finished telemetry row (printing, plots)
         self.history: list[dict] = []
         self.log = None  # telemetry writer (main process), set by fit()
 
@@ -144,7 +148,7 @@ class Trainer:
             index = (self.step * cfg.grad_accum + micro) * acc.num_processes + acc.process_index
             batch = {k: v.to(acc.device) for k, v in self.get_batch(index).items()}
             sync = micro == cfg.grad_accum - 1
-            with (acc.no_sync(self.model) if not sync and acc.num_processes > 1 else _null()):
+            with (acc.no_sync(self.model) if not sync and acc.num_processes > 1 else nullcontext()):
                 loss = self.loss_fn(self.model, batch) / cfg.grad_accum
                 acc.backward(loss)
             total += loss.detach()
@@ -177,52 +181,86 @@ class Trainer:
         mods = [m for _, m in sparse_modules(self.model)]
         return bool(mods) and all(bool(m.dense_mode) for m in mods)
 
-    @torch.no_grad()
     def evaluate(self) -> float | None:
         """Mean validation loss (the same windows every time)."""
+        return self.evaluate_with_se()[0]
+
+    def evaluate_with_se(self) -> tuple[float | None, float | None]:
+        """(mean validation loss, its standard error over the validation batches; None with one batch)."""
         if not self.val_batches:
-            return None
+            return None, None
         self.model.eval()
-        losses = [self.loss_fn(self.model, b).float() for b in self.val_batches]
+        with torch.no_grad():
+            losses = torch.stack([self.loss_fn(self.model, b).float() for b in self.val_batches])  # [n_batches]
         self.model.train()
-        return float(torch.stack(losses).mean())
+        se = float(losses.std() / len(losses) ** 0.5) if len(losses) > 1 else None
+        return float(losses.mean()), se
 
     # ---- the run ---------------------------------------------------------------------------------------------
-    def fit(self, resume: str | Path | None = None) -> list[dict]:
-        """Train to ``cfg.steps`` (continuing from a checkpoint when ``resume`` is a folder or ``"auto"``)."""
-        from sparse24.train.checkpoint import load_checkpoint, prune_checkpoints, resolve_resume, save_checkpoint
+    def fit(self, resume: str | Path | Any = None) -> list[dict]:
+        """Train to ``cfg.steps``, continuing from a checkpoint when ``resume`` is ``"auto"`` (the newest readable
+        ``step-*`` of ``cfg.out_dir``), a folder, or a :class:`~sparse24.train.checkpoint.Checkpoint` already read;
+        a checkpoint of a run with other settings (``cfg.extra``) is refused."""
+        from sparse24.train.checkpoint import apply_checkpoint, find_resume
         from sparse24.train.telemetry import JsonlLog
         from tqdm.auto import tqdm
 
         cfg, main = self.cfg, self.accelerator.is_main_process
-        folder = resolve_resume(resume, cfg.out_dir)
-        if folder is not None:
-            load_checkpoint(self, folder)
+        ckpt = find_resume(resume, cfg.out_dir, cfg.extra)
+        if ckpt is not None:
+            apply_checkpoint(self, ckpt)
+            del ckpt  # the tensors were copied into the model and optimizer
         if cfg.out_dir is not None and main:
             self.log = JsonlLog(Path(cfg.out_dir) / "metrics.jsonl", truncate_after=self.step)
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not (cfg.progress and main), desc="train",
                    dynamic_ncols=True)
-        while self.step < cfg.steps:
-            row = self.train_step()
-            if (cfg.eval_every and self.step % cfg.eval_every == 0) or self.step == cfg.steps:
-                row["val_loss"] = self.evaluate()
-            self.history.append(row)
+        t_start, t_first, first_step = time.perf_counter(), None, self.step
+        try:
+            while self.step < cfg.steps:
+                row = self.train_step()
+                if self.step == first_step + 1:
+                    t_first = time.perf_counter()  # the first step pays one-time costs: time the next ones
+                elif self.step == first_step + 1 + ETA_AFTER and main and self.step < cfg.steps:
+                    self._print_eta((time.perf_counter() - t_first) / ETA_AFTER, time.perf_counter() - t_start, bar)
+                self._finish_step(row, bar)
+        finally:
+            bar.close()
             if self.log is not None:
-                self.log.write(row)
-            bar.update(1)
-            bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2e}",
-                            flip=f"{row.get('flip_rate', float('nan')):.4f}")
-            if cfg.out_dir is not None and cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
-                save_checkpoint(self, Path(cfg.out_dir) / f"step-{self.step:06d}")
-                if main:
-                    prune_checkpoints(Path(cfg.out_dir), cfg.keep_checkpoints)
-        bar.close()
+                self.log.close()
+                self.log = None
         return self.history
 
+    def _finish_step(self, row: dict[str, Any], bar: Any) -> None:
+        """Validation when due, the telemetry row (history, JSONL, ``on_row``), the bar, a checkpoint when due."""
+        from sparse24.train.checkpoint import prune_checkpoints, save_checkpoint
 
-class _null:
-    def __enter__(self) -> None:
-        return None
+        cfg = self.cfg
+        if (cfg.eval_every and self.step % cfg.eval_every == 0) or self.step == cfg.steps:
+            row["val_loss"], row["val_loss_se"] = self.evaluate_with_se()
+        self.history.append(row)
+        if self.log is not None:
+            self.log.write(row)
+        for fn in self.on_row:
+            fn(self, row)
+        bar.update(1)
+        bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2e}",
+                        flip=f"{row.get('flip_rate', float('nan')):.4f}")
+        if cfg.out_dir is not None and cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
+            save_checkpoint(self, Path(cfg.out_dir) / f"step-{self.step:06d}")
+            if self.accelerator.is_main_process:
+                prune_checkpoints(Path(cfg.out_dir), cfg.keep_checkpoints)
 
-    def __exit__(self, *exc: Any) -> None:
-        return None
+    def _print_eta(self, per_step: float, elapsed: float, bar: Any) -> None:
+        """One line: the measured time per step and the expected time of this session and what is left of it."""
+        left = (self.cfg.steps - self.step) * per_step
+        bar.write(f"sparse24: {per_step:.2f} s/step on this machine: expected total {_duration(elapsed + left)}, "
+                  f"about {_duration(left)} left for the remaining {self.cfg.steps - self.step} steps (validation "
+                  "and checkpoints extra)")
+
+
+def _duration(seconds: float) -> str:
+    """``42 s``, ``3.5 min``, ``2.1 h``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+

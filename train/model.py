@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["PRESETS", "build_model"]
+__all__ = ["PRESETS", "build_model", "check_seq_len"]
 
 # name -> (family, layers, hidden, heads). Llama presets use SwiGLU with intermediate = 8/3 hidden (multiple of 64).
 PRESETS: dict[str, tuple[str, int, int, int]] = {
@@ -36,8 +36,25 @@ def _config(preset: str, vocab: int, max_len: int):
                       resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
 
 
-def build_model(spec: str, vocab: int, max_len: int = 1024, seed: int = 0) -> nn.Module:
-    """``spec``: a preset name (see ``PRESETS``) or an HF folder (weights, or only ``config.json`` = random init)."""
+def check_seq_len(model: nn.Module, seq_len: int, name: str) -> None:
+    """Refuse ``seq_len`` beyond learned position embeddings (GPT-2's ``n_positions``: an index error deep inside
+    the model otherwise); warn beyond a rotary model's ``max_position_embeddings`` (it runs, but untrained)."""
+    import warnings
+
+    cfg = model.config
+    learned = getattr(cfg, "n_positions", None)
+    if learned is not None and seq_len > learned:
+        raise ValueError(f"--seq-len {seq_len} is longer than --model {name}'s n_positions {learned} (learned "
+                         f"position embeddings); use --seq-len {learned} or less")
+    rope = getattr(cfg, "max_position_embeddings", None)
+    if learned is None and rope is not None and seq_len > rope:
+        warnings.warn(f"--seq-len {seq_len} is longer than --model {name}'s max_position_embeddings {rope}: "
+                      "positions beyond it were never trained", stacklevel=2)
+
+
+def build_model(spec: str, vocab: int, max_len: int = 1024, seed: int = 0, seq_len: int | None = None) -> nn.Module:
+    """``spec``: a preset name (see ``PRESETS``) or an HF folder (weights, or only ``config.json`` = random init);
+    ``seq_len`` (the training window) is checked against the model's positions."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     torch.manual_seed(seed)
@@ -50,10 +67,17 @@ def build_model(spec: str, vocab: int, max_len: int = 1024, seed: int = 0) -> nn
             raise FileNotFoundError(f"--model {spec}: not a preset ({', '.join(PRESETS)}) and not a folder with "
                                     "config.json")
         has_weights = any(folder.glob("*.safetensors")) or any(folder.glob("*.bin"))
-        model = (AutoModelForCausalLM.from_pretrained(folder) if has_weights
-                 else AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder)))
+        try:
+            config = AutoConfig.from_pretrained(folder)
+        except (OSError, ValueError, KeyError) as e:
+            raise ValueError(f"--model {spec}: {folder / 'config.json'} is not a valid transformers config ({e})") \
+                from None
+        model = (AutoModelForCausalLM.from_pretrained(folder, config=config) if has_weights
+                 else AutoModelForCausalLM.from_config(config))
         n = model.get_input_embeddings().num_embeddings
         if n < vocab:
             raise ValueError(f"--model {spec} has {n} token embeddings but the tokenizer has {vocab} tokens; "
                              "use the model's own tokenizer (--tokenizer FOLDER)")
+    if seq_len is not None:
+        check_seq_len(model, seq_len, spec)
     return model

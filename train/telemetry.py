@@ -23,10 +23,10 @@ class JsonlLog:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if truncate_after is not None and self.path.exists():
+            from sparse24.fileio import atomic_write_text
+
             keep = [r for r in read_jsonl(self.path) if r.get("step", 0) <= truncate_after]
-            tmp = self.path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
-            tmp.replace(self.path)
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in keep))
         self._f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (kept open for the run)
 
     def write(self, row: dict[str, Any]) -> None:

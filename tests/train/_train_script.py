@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 from sparse24.train.pretrain import make_trainer
 from sparse24.train.recipe import load_recipe
 
@@ -40,5 +41,6 @@ trainer.after_step.append(_first_step)
 trainer.fit(resume="auto")
 if "--dump-masks" in sys.argv:
     rank = trainer.accelerator.process_index
-    torch.save({n: m.mask.clone() for n, m in sparse_modules(trainer.unwrapped)}, out / f"masks-rank{rank}.pt")
-    torch.save({n: p.detach().clone() for n, p in trainer.unwrapped.named_parameters()}, out / f"params-rank{rank}.pt")
+    save_file({n: m.mask.clone() for n, m in sparse_modules(trainer.unwrapped)}, out / f"masks-rank{rank}.safetensors")
+    save_file({n: p.detach().clone() for n, p in trainer.unwrapped.named_parameters()},
+              out / f"params-rank{rank}.safetensors")

@@ -60,14 +60,29 @@ def test_gpt2_run_saves_sparse24_folder_in_conv1d_layout(tmp_path):
 
 
 def test_plots(tmp_path):
-    from sparse24.train.plot import main
+    from sparse24.train.plot import final_losses, main
+    from sparse24.train.telemetry import read_jsonl
 
     for r in ("dense", "ste"):
-        pretrain(r, tmp_path / r, model="llama-tiny", steps=3, save=False, **TINY)
+        pretrain(r, tmp_path / r, model="llama-tiny", steps=3, save=False, **{**TINY, "eval_batches": 3})
     assert main([str(tmp_path / "dense"), str(tmp_path / "ste"), "--out", str(tmp_path / "l.png"),
-                 "--flips", str(tmp_path / "f.png")]) == 0
-    for f in ("l.png", "f.png"):
+                 "--flips", str(tmp_path / "f.png"), "--final", str(tmp_path / "b.png"), "--zoom", "0.4"]) == 0
+    for f in ("l.png", "f.png", "b.png"):
         assert (tmp_path / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    last = read_jsonl(tmp_path / "ste" / "metrics.jsonl")[-1]
+    assert final_losses([tmp_path / "ste"]) == {"ste": {"val": last["val_loss"], "se": last["val_loss_se"]}}
+
+
+def test_validation_standard_error_matches_the_batches():
+    from sparse24.train.pretrain import make_trainer
+
+    trainer, _ = make_trainer("sste", model="llama-tiny", steps=1, **{**TINY, "eval_batches": 4})
+    mean, se = trainer.evaluate_with_se()
+    with torch.no_grad():
+        per_batch = torch.tensor([float(trainer.loss_fn(trainer.model, b)) for b in trainer.val_batches],
+                                 dtype=torch.float64)
+    assert len(per_batch) == 4 and mean == pytest.approx(float(per_batch.mean()), rel=1e-5)
+    assert se == pytest.approx(float(per_batch.std() / 2), rel=1e-4)  # sample std / sqrt(4)
 
 
 def test_decay_sweep_lowers_flip_rate():

@@ -1,6 +1,7 @@
-"""AST (Adaptive Sparse Trainer, arXiv 2407.20584; algorithms.md §4): retrain a dense LM into 2:4 with distillation.
+"""AST (Adaptive Sparse Trainer, arXiv 2407.20584): the loss, the student and the hooks that turn the shared
+:class:`~sparse24.train.loop.Trainer` into AST retraining (the ``sparse24 retrain`` command is :mod:`.retrain`).
 
-One optimizer step (run by :class:`sparse24.train.loop.Trainer`):
+One optimizer step:
 
 1. loss ``α_task·CE + α_kl·KL_T + α_hid·Σ_l mean((h_s−h_t)²)/mean(h_t²)`` against the frozen dense teacher, T = 2;
    the student forward is ``W⊙M`` (+ the SLoRB term, :mod:`sparse24.prune.slorb`), backward plain STE;
@@ -22,7 +23,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from sparse24.prune.base import LayerStats, Pruner, PruneResult, register_pruner
 from sparse24.prune.slorb import INITS, add_slorb
 from torch import Tensor, nn
 
@@ -31,7 +31,7 @@ from sparse24.config import SRSTEConfig
 from sparse24.masks import magnitude_mask_24
 
 __all__ = ["ASTConfig", "lambda_at", "distill_kl", "hidden_state_loss", "DistillLoss", "make_student",
-           "masks_from_pruned", "make_ast_trainer", "ramped_decay_hook", "ASTPruner", "run_ast"]
+           "masks_from_pruned", "make_ast_trainer", "ramped_decay_hook"]
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,7 @@ def masks_from_pruned(model: nn.Module, folder: str | Path) -> dict[str, Tensor]
         dense = model.get_submodule(name).weight.detach()  # [out, in]
         pruned = reader.get(f"{name}.weight", dense.device)
         if pruned.shape != dense.shape:
-            raise ValueError(f"--init-mask {folder}: {name} has shape {tuple(pruned.shape)}, the model has "
+            raise ValueError(f"--init {folder}: {name} has shape {tuple(pruned.shape)}, the model has "
                              f"{tuple(dense.shape)}; prune the same model")
         mag = dense.abs().double()
         score = (pruned != 0).double() * (2 * mag.max() + 1) + mag  # kept first, then by |W|
@@ -197,130 +197,3 @@ def make_ast_trainer(student: nn.Module, teacher: nn.Module, cfg: ASTConfig, tra
     trainer.after_step.append(lambda _t: loss.pop_parts())
     tc.extra = {**tc.extra, "ast": dataclasses.asdict(cfg)}
     return trainer
-
-
-# ---- command line (``sparse24 prune --method ast``) ----------------------------------------------------------------
-@register_pruner
-class ASTPruner(Pruner):
-    """Registry entry (``--method list``); the CLI runs :func:`run_ast`, not the layer-by-layer driver."""
-
-    name = "ast"
-    stats = "none"
-    summary = "retrain: distil from the dense model, masks every 10 steps, ramped decay, SLoRB (--steps ...)"
-
-    def prune(self, weight: Tensor, stats: LayerStats | None) -> PruneResult:
-        raise RuntimeError("AST retrains the whole model and cannot prune one layer; run `sparse24 prune --method "
-                           "ast` or sparse24.prune.ast.run_ast")
-
-
-def add_arguments(p: Any) -> None:
-    """The AST options, as an argument group of ``sparse24 prune`` (the shared ones: --model --calib --seqlen
-    --batch-size --seed --out --device --dtype --targets --ignore --compressed --overwrite --eval ...)."""
-    g = p.add_argument_group("AST retraining (--method ast: distil the dense model into 2:4, algorithms.md §4); "
-                             "--calib is the training text, --seqlen/--batch-size the window size and micro-batch")
-    g.add_argument("--steps", type=int, default=200, help="optimizer steps (default 200)")
-    g.add_argument("--lr", type=float, default=5e-5, help="peak AdamW lr, cosine to lr/10 (default 5e-5)")
-    g.add_argument("--warmup", type=float, default=0.05, help="warm-up fraction of --steps (default 0.05)")
-    g.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (default 1)")
-    g.add_argument("--lambda-max", type=float, default=6e-5, help="λ_max of the masked decay (default 6e-5)")
-    g.add_argument("--ramp", type=float, default=0.25, help="λ ramps linearly over this fraction of --steps "
-                   "(default 0.25, as 10k of 40k steps in the GPT-2 recipe)")
-    g.add_argument("--mask-every", type=int, default=10, help="recompute masks every N steps (default 10)")
-    g.add_argument("--alpha-task", type=float, default=1.0, help="weight of the CE loss (default 1)")
-    g.add_argument("--alpha-kl", type=float, default=0.5, help="weight of the KL to the teacher (default 0.5)")
-    g.add_argument("--alpha-hid", type=float, default=0.0, help="weight of the hidden-state loss (default 0)")
-    g.add_argument("--temperature", type=float, default=2.0, help="distillation temperature (default 2)")
-    g.add_argument("--slorb-group", type=int, default=16, help="SLoRB group size k; 0 turns SLoRB off (default 16)")
-    g.add_argument("--slorb-init", choices=INITS, default="mean", help="SLoRB S initialisation (default mean)")
-    g.add_argument("--slorb-fixed-projection", action="store_true", help="keep P the fixed group sum")
-    g.add_argument("--init-mask", default="magnitude", help="initial mask: magnitude (default) or a folder pruned "
-                   "by `sparse24 prune` (wanda, sparsegpt: only its mask is used, AST starts from dense weights)")
-    g.add_argument("--ckpt-every", type=int, default=50, help="checkpoint every N steps into <out>.ast-work/ "
-                   "(default 50); a restarted run resumes from the latest one")
-
-
-def config_from_args(args: Any) -> ASTConfig:
-    return ASTConfig(lambda_max=args.lambda_max, ramp_steps=int(round(args.ramp * args.steps)),
-                     mask_refresh=args.mask_every, alpha_task=args.alpha_task, alpha_kl=args.alpha_kl,
-                     alpha_hid=args.alpha_hid, temperature=args.temperature, slorb_group=args.slorb_group,
-                     slorb_init=args.slorb_init, slorb_trainable_projection=not args.slorb_fixed_projection)
-
-
-def _work_dir(args: Any, record: dict[str, Any]) -> Path:
-    """``<out>.ast-work`` holding checkpoints; refuses to resume a run made with other settings."""
-    import json
-    import shutil
-
-    work = Path(args.out).with_name(Path(args.out).name + ".ast-work")
-    if args.overwrite:
-        shutil.rmtree(work, ignore_errors=True)
-    old = work / "ast_run.json"
-    if old.is_file() and json.loads(old.read_text()) != json.loads(json.dumps(record, default=str)):
-        raise ValueError(f"{work} holds a partial AST run with other settings; rerun with the same arguments to "
-                         "resume it, or pass --overwrite to start over")
-    work.mkdir(parents=True, exist_ok=True)
-    old.write_text(json.dumps(record, indent=2, default=str))
-    return work
-
-
-def run_ast(args: Any) -> dict[str, Any]:
-    """The whole ``--method ast`` job: load, retrain (resumable), save with SLoRB; returns what ``quick_eval`` reads."""
-    import shutil
-    import time
-
-    from accelerate import Accelerator
-    from sparse24.prune.driver import matches
-    from sparse24.prune.export import check_all_24
-    from sparse24.prune.slorb import describe, save_slorb_model
-    from sparse24.train.loop import TrainConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from sparse24.io import CONFIG_NAME
-    from sparse24.runtime import resolve_device, resolve_dtype
-    from sparse24.texts import read_text, tokenize_text
-
-    out = Path(args.out)
-    if (out / CONFIG_NAME).exists() and not args.overwrite:
-        raise FileExistsError(f"{out} already holds a pruned model; pass --overwrite or choose another --out")
-    from sparse24.assets import resolve_model
-
-    model_dir, device = resolve_model(args.model), resolve_device(args.device)
-    dtype = resolve_dtype(args.dtype, device) or torch.float32
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    ids = tokenize_text(tok, read_text(args.calib))  # [n]
-    n_val = max(2 * args.seqlen * args.batch_size + 1, len(ids) // 50)
-    if len(ids) < n_val + 2 * args.seqlen:
-        raise ValueError(f"--calib {args.calib} has {len(ids)} tokens: too few for --seqlen {args.seqlen}")
-    cfg = config_from_args(args)
-    tc = TrainConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seqlen, grad_accum=args.grad_accum,
-                     lr=args.lr, min_lr=args.lr / 10, warmup=args.warmup, weight_decay=0.0, clip=1.0, eval_batches=2,
-                     ckpt_every=args.ckpt_every, keep_checkpoints=1, seed=args.seed, progress=not args.no_progress)
-    record = {"model_dir": str(Path(model_dir).resolve()), "calib": args.calib, "calib_tokens": len(ids),
-              "targets": args.targets, "ignore": args.ignore, "init_mask": args.init_mask, "dtype": str(dtype),
-              "ast": dataclasses.asdict(cfg), "train": {k: v for k, v in dataclasses.asdict(tc).items()
-                                                        if k not in ("extra", "out_dir", "progress")}}
-    tc.out_dir = _work_dir(args, record)
-    tc.extra = dict(record)
-    teacher = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
-    student = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
-    masks = None if args.init_mask == "magnitude" else masks_from_pruned(student, args.init_mask)
-    make_student(student, cfg, masks, lambda m, fqn: isinstance(m, nn.Linear) and matches(fqn, args.targets,
-                                                                                          args.ignore))
-    trainer = make_ast_trainer(student, teacher, cfg, tc, ids[:-n_val], ids[-n_val:],
-                               accelerator=Accelerator(cpu=device == "cpu"))
-    t0 = time.time()
-    history = trainer.fit(resume="auto")
-    model = trainer.unwrapped.eval()
-    last = history[-1] if history else {}
-    extra = {"method": "ast", **record, "tokens_trained": trainer.tokens, "train_seconds_this_session":
-             round(time.time() - t0, 1), "final": {k: last.get(k) for k in ("step", "loss", "val_loss")},
-             "slorb_params": describe(model)}
-    save_slorb_model(model, out, compressed=args.compressed, overwrite=True, extra=extra)
-    tok.save_pretrained(out)
-    if (tc.out_dir / "metrics.jsonl").is_file():
-        shutil.copy(tc.out_dir / "metrics.jsonl", out / "ast_metrics.jsonl")
-    shutil.rmtree(tc.out_dir, ignore_errors=True)
-    print(f"AST: {trainer.step} steps, {trainer.tokens} tokens, final loss {last.get('loss')}, val "
-          f"{last.get('val_loss')}; saved to {out} (load with sparse24.prune.slorb.load_slorb_model)")
-    ok, total = check_all_24(model)
-    return {"model": model, "tokenizer": tok, "model_dir": model_dir, "extra": extra, "ok": ok, "total": total}

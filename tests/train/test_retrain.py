@@ -1,4 +1,5 @@
-"""AST (algorithms.md §4) against independent references: float64 formulas, torch's AdamW, an uninterrupted run."""
+"""AST retraining (``sparse24 retrain``) against independent references: float64 formulas, torch's AdamW, an
+uninterrupted run, the one-shot model it starts from."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import random
 import numpy as np
 import pytest
 import torch
-from sparse24.prune.ast import ASTConfig, DistillLoss, distill_kl, lambda_at, make_ast_trainer, make_student
 from sparse24.prune.slorb import SLoRBLinear, load_slorb_model, merge_slorb, save_slorb_model, without_slorb
+from sparse24.train.ast_trainer import ASTConfig, DistillLoss, distill_kl, lambda_at, make_ast_trainer, make_student
 from sparse24.train.data import batch_at
 from sparse24.train.loop import TrainConfig
 from torch import nn
@@ -197,39 +198,155 @@ def test_save_load_roundtrip_and_plain_hf_part(tiny_llama, tmp_path):
     assert not math.isclose(float((want - bare).abs().max()), 0.0, abs_tol=1e-6)
 
 
-def test_cli_method_ast_end_to_end(tiny_llama, tmp_path):
-    """``sparse24 prune --method ast`` on a tiny local model: resumable run, 2:4 + SLoRB folder, clear errors."""
+def _tiny_model_and_text(tiny_llama, tmp_path):
+    """A tiny local HF model with a BPE tokenizer, and a training text file."""
     from sparse24.train.data import train_bpe
     from transformers import PreTrainedTokenizerFast
-
-    from sparse24.cli import main
-    from sparse24.io import read_sparse24_config
-    from sparse24.masks import is_24
 
     text = shipped_text()
     tok = PreTrainedTokenizerFast(tokenizer_object=train_bpe(text.split("\n\n"), 300))
     model = tiny_llama(2, 64, len(tok), seed=1)
     model.save_pretrained(tmp_path / "m")
     tok.save_pretrained(tmp_path / "m")
-    (tmp_path / "calib.txt").write_text(text)
-    argv = ["prune", "--method", "ast", "--model", str(tmp_path / "m"), "--calib", str(tmp_path / "calib.txt"),
-            "--seqlen", "16", "--batch-size", "2", "--steps", "3", "--slorb-group", "8", "--ckpt-every", "2",
-            "--out", str(tmp_path / "out"), "--no-progress"]
+    (tmp_path / "text.txt").write_text(text)
+    return tmp_path / "m", tmp_path / "text.txt"
+
+
+def _retrain_argv(model, text, out, *extra):
+    return ["--model", str(model), "--data", str(text), "--seq-len", "16", "--batch-size", "2", "--slorb-group", "8",
+            "--eval-text", str(text), "--eval-windows", "2", "--out", str(out), "--no-progress", *extra]
+
+
+def test_retrain_command_end_to_end(tiny_llama, tmp_path, capsys):
+    """``sparse24 retrain`` on a tiny local model: a 2:4 + SLoRB folder, a token budget, clear refusals."""
+    from sparse24.train.retrain import main
+
+    from sparse24.io import read_sparse24_config
+    from sparse24.masks import is_24
+
+    model, text = _tiny_model_and_text(tiny_llama, tmp_path)
+    argv = _retrain_argv(model, text, tmp_path / "out", "--tokens", "90", "--ckpt-every", "2")
     assert main(argv) == 0
     extra = read_sparse24_config(tmp_path / "out")["extra"]
-    assert extra["method"] == "ast" and extra["tokens_trained"] == 3 * 2 * 16 and extra["slorb"]["modules"]
+    assert extra["method"] == "ast" and extra["slorb"]["modules"]
+    assert extra["tokens_trained"] == 3 * 2 * 16  # 90 tokens -> 3 steps of 32, rounded up
+    printed = capsys.readouterr().out
+    assert "tokens/s" in printed and str(tmp_path / "out") in printed
     loaded = load_slorb_model(tmp_path / "out")
     assert all(is_24(m.sparse_weight()) for _, m in sparse_modules(loaded))
+    assert any(isinstance(m, SLoRBLinear) for m in loaded.modules())
     from sparse24.loaders import load
 
     evaluated, _, info = load(tmp_path / "out")  # `sparse24 eval` sees the SLoRB terms too
     assert info["method"] == "ast" and any(isinstance(m, SLoRBLinear) for m in evaluated.modules())
+    assert not (tmp_path / "out.retrain-work").exists()
     assert main(argv) == 2  # the folder exists: refuses without --overwrite
+    assert "--overwrite" in capsys.readouterr().err
+    assert main([*argv[:-4], "--steps", "2", "--tokens", "64"]) == 2
+    assert "not both" in capsys.readouterr().err
+    for flag, value in (("--batch-size", "0"), ("--eval-windows", "-3"), ("--tokens", "0")):
+        assert main([*argv[:-4], flag, value]) == 2
+        assert f"{flag} must be" in capsys.readouterr().err
+
+
+def test_retrain_resume_after_a_crash_is_bit_identical_and_checks_settings(tiny_llama, tmp_path, capsys, monkeypatch):
+    from sparse24.train.loop import Trainer
+    from sparse24.train.retrain import main
+    from sparse24.train.telemetry import read_jsonl
+
+    model, text = _tiny_model_and_text(tiny_llama, tmp_path)
+    common = ["--steps", "5", "--ckpt-every", "2", "--lambda-max", "0.05", "--mask-every", "2"]
+    assert main(_retrain_argv(model, text, tmp_path / "full", *common)) == 0
+    real = Trainer.train_step
+
+    def crash_at_4(self):
+        if self.step == 3:
+            raise RuntimeError("simulated crash")
+        return real(self)
+
+    monkeypatch.setattr(Trainer, "train_step", crash_at_4)
+    assert main(_retrain_argv(model, text, tmp_path / "cut", *common)) == 2
+    monkeypatch.setattr(Trainer, "train_step", real)
+    work = tmp_path / "cut.retrain-work"
+    assert (work / "step-000002").is_dir() and not (tmp_path / "cut").exists()
+    capsys.readouterr()
+    assert main(_retrain_argv(model, text, tmp_path / "cut", *common, "--lr", "1e-3")) == 2  # other settings
+    assert "--lr" in capsys.readouterr().err and (work / "step-000002").is_dir()
+    assert main(_retrain_argv(model, text, tmp_path / "cut", *common)) == 0
+    keys = ("step", "loss", "lambda", "flip_rate", "val_loss", "loss_kl")
+    a, b = (read_jsonl(tmp_path / f / "retrain_metrics.jsonl") for f in ("full", "cut"))
+    assert [r["step"] for r in b] == [1, 2, 3, 4, 5]
+    assert [{k: r.get(k) for k in keys} for r in a] == [{k: r.get(k) for k in keys} for r in b]
+
+
+def test_retrain_command_from_a_pruned_folder_draws_the_curve(tiny_llama, tmp_path, capsys):
+    """``sparse24 prune`` then ``sparse24 retrain --init``: the curve starts at the pruned model's perplexity (step 0
+    is the one-shot model), the dense line is the dense model's, points every --eval-tokens and at the end."""
+    import csv
+
+    from sparse24.eval.perplexity import perplexity
+    from sparse24.train.retrain import main as retrain_main
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sparse24.cli import main
+    from sparse24.texts import tokenize_text
+
+    model, text = _tiny_model_and_text(tiny_llama, tmp_path)
+    assert main(["prune", "--model", str(model), "--method", "magnitude", "--out", str(tmp_path / "p"),
+                 "--no-progress"]) == 0
+    argv = _retrain_argv(model, text, tmp_path / "out", "--init", str(tmp_path / "p"), "--steps", "4",
+                         "--eval-tokens", "64", "--eval-seq-len", "24")
+    assert retrain_main(argv) == 0
+    rows = list(csv.reader((tmp_path / "out" / "retrain_curve.csv").open()))
+    points = [(int(t), int(s), float(p)) for t, s, p in rows[1:] if not t.startswith("#")]
+    lines = {name[2:]: float(p) for name, _, p in rows[1:] if name.startswith("#")}
+    assert [(t, s) for t, s, _ in points] == [(0, 0), (64, 2), (128, 4)]  # 32 tokens per step
+    ids = tokenize_text(AutoTokenizer.from_pretrained(model), text.read_text())
+    one_shot = AutoModelForCausalLM.from_pretrained(tmp_path / "p")
+    want = {"dense": AutoModelForCausalLM.from_pretrained(model), "start": one_shot}
+    for name, net in want.items():
+        ref = perplexity(net, ids, 24, max_windows=2)["ppl"]
+        got = points[0][2] if name == "start" else lines["dense"]
+        assert got == pytest.approx(ref, rel=1e-5), name
+    assert any(k.startswith("one-shot start") for k in lines)
+    assert (tmp_path / "out" / "retrain_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert "retrain_curve.csv" in capsys.readouterr().out
+
+
+def test_retrain_from_a_pruned_folder_starts_at_the_one_shot_model(tiny_llama, tmp_path):
+    """``--init FOLDER``: the student is the pruned model exactly (masks and updated weights), SLoRB adds 0."""
+    from sparse24.train.retrain import load_init
+    from transformers import AutoModelForCausalLM
+
+    from sparse24 import save_sparse, sparsify
+
+    dense = tiny_llama(2, 64, 256, seed=random.randrange(1000))
+    pruned = sparsify(copy.deepcopy(dense), MagnitudeConfig())
+    for _, m in sparse_modules(pruned):  # a random pattern with other weights: not what magnitude would pick
+        m.mask.copy_(random_mask_24(*m.mask.shape))
+        with torch.no_grad():
+            m.weight.mul_(1 + torch.rand_like(m.weight))
+    save_sparse(pruned, tmp_path / "p")
+    student, masks = load_init(tmp_path / "p", dense, torch.float32)
+    make_student(student, ASTConfig(slorb_group=8), masks, lambda mod, fqn: fqn in masks)
+    ids = torch.randint(0, 256, (2, 12))
+    with torch.no_grad():
+        want = AutoModelForCausalLM.from_pretrained(tmp_path / "p")(input_ids=ids).logits
+        got = student(input_ids=ids).logits
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    assert any(isinstance(m, SLoRBLinear) for m in student.modules())
+    with torch.no_grad():  # a folder whose weights are not 2:4 is refused, naming the module
+        AutoModelForCausalLM.from_pretrained(tmp_path / "p").save_pretrained(tmp_path / "q")
+        (tmp_path / "q" / "model.safetensors").unlink()
+        dense.save_pretrained(tmp_path / "q")
+    (tmp_path / "q" / "sparse24_config.json").write_text((tmp_path / "p" / "sparse24_config.json").read_text())
+    with pytest.raises(ValueError, match="is not 2:4"):
+        load_init(tmp_path / "q", dense, torch.float32)
 
 
 def test_initial_masks_from_a_pruned_folder(tiny_llama, tmp_path):
     """Kept = non-zeros of the pruned weight; groups short of 2 (a kept weight exactly 0) filled by dense |W|."""
-    from sparse24.prune.ast import masks_from_pruned
+    from sparse24.train.ast_trainer import masks_from_pruned
 
     from sparse24 import save_sparse, sparsify
 
