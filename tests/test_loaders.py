@@ -155,7 +155,7 @@ def test_tokenizer_recorded_as_hub_id_is_refused_without_download(tiny_llama, tm
         save_sparse(model, tmp_path / "ck", extra={"model_dir": "HuggingFaceTB/SmolLM2-135M"})
     with pytest.raises(FileNotFoundError, match="hub id.*never downloads"):
         load(tmp_path / "ck")
-    assert main(["eval", str(tmp_path / "ck"), "--ppl", "none", "--no-progress"]) == 2
+    assert main(["eval", str(tmp_path / "ck"), "--ppl", str(_tiny_text(tmp_path)), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "hub id" in err and "Traceback" not in err
 
@@ -185,6 +185,6 @@ def test_eval_cli_broken_folders_exit_with_a_message(tiny_llama, tmp_path, capsy
             w.write_bytes(w.read_bytes()[:-64])
             want = "model.safetensors: the weights are truncated or corrupt"
     _tokenizer().save_pretrained(folder)  # the folder is complete but for the damage
-    assert main(["eval", str(folder), "--ppl", "none", "--no-progress"]) == 2
+    assert main(["eval", str(folder), "--ppl", str(_tiny_text(tmp_path)), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert want in err and "Traceback" not in err
