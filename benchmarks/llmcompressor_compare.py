@@ -5,7 +5,8 @@
 
 The first form runs llm-compressor's ``oneshot`` with a 2:4 SparseGPT or Wanda modifier on sparse24's exact
 calibration windows (``CALIB.pt``) and saves a plain HF folder. The second form reads the perplexity JSONs, the
-``/usr/bin/time -v`` logs and the saved weights of both tools and writes ``benchmarks/results/llmcompressor_compare.md``.
+``/usr/bin/time -v`` logs and the saved weights of both tools and writes
+``benchmarks/results/llmcompressor_compare.md``.
 """
 
 from __future__ import annotations
@@ -82,7 +83,8 @@ def report(work: Path, nsamples: int, seqlen: int, threads: int, venv: str) -> N
             if tool == "llmc":
                 r["oneshot_s"] = json.loads((work / f"{name}.log").read_text().strip().splitlines()[-1])["oneshot_s"]
             else:
-                r["oneshot_s"] = json.loads((work / name / "sparse24_config.json").read_text())["extra"]["prune_seconds"]
+                record = json.loads((work / name / "sparse24_config.json").read_text())
+                r["oneshot_s"] = record["extra"]["prune_seconds"]
             rows[name] = r
     vers = subprocess.run([f"{venv}/bin/python", "-c", "import importlib.metadata as m; print(*(m.version(p) for p in "
                            "('llmcompressor', 'torch', 'transformers')))"],  # metadata only: importing logs to stdout

@@ -205,32 +205,34 @@ def test_armor_linear_equals_dense_reconstruction():
     assert type(lin) is torch.nn.Linear and torch.allclose(lin(x), x @ w_eff.T + bias, rtol=1e-10, atol=1e-10)
 
 
-def test_driver_armor_save_load_roundtrip(tiny_model_dir, tmp_path):
+def test_driver_armor_save_load_roundtrip(tmp_path):
     """ARMOR through the shared layer driver (no second driver): every proxy loss at most NoWag-P's, the assembled
     model equals the saved-and-loaded one, a finished work folder resumes without redoing a layer, and other
     settings are refused."""
+    from prune_fixtures import make_model_dir
     from sparse24.prune.base import get_pruner
     from sparse24.prune.driver import DriverArgs, prune_layers
     from sparse24.prune.resume import WorkState
     from transformers import AutoModelForCausalLM
 
+    tiny_model_dir = make_model_dir(tmp_path / "m", layers=1)
     ids = torch.randint(0, 300, (2, 16))
-    pruner = get_pruner("armor", block_size="auto", iters=3)
+    pruner = get_pruner("armor", block_size="auto", iters=2)
     opts = DriverArgs(batch_size=2, progress=False)
     fingerprint = {"settings": pruner.settings()}
     out = prune_layers(tiny_model_dir, pruner, ids, opts, WorkState(tmp_path / "w", fingerprint))
-    assert len(out.report) == 14 and all(r["proxy_loss"] <= r["proxy_loss_init"] for r in out.report)
+    assert len(out.report) == 7 and all(r["proxy_loss"] <= r["proxy_loss_init"] for r in out.report)
     assert sorted(out.extras) == sorted(r["name"] for r in out.report)
     model = pruner.assemble(tiny_model_dir, out)
-    assert pruner.check_24(model) == (14, 14)
+    assert pruner.check_24(model) == (7, 7)
     dense = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     with torch.no_grad():
         logits = model(ids).logits
         assert not torch.allclose(logits, dense(ids).logits)
     info = armor_parameter_overhead(model)
-    assert info["layers"] == 14 and info["armor_params"] > 0
+    assert info["layers"] == 7 and info["armor_params"] > 0
     lines = pruner.save(model, tmp_path / "ckpt", record={}, compressed=False, overwrite=False)
-    assert "A/B parameters over 14 linears" in lines[0]
+    assert "A/B parameters over 7 linears" in lines[0]
     again = load_armor(tmp_path / "ckpt", backend="dense")
     plain = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt").eval()  # the dense equivalent W_eff
     with torch.no_grad():
@@ -241,7 +243,7 @@ def test_driver_armor_save_load_roundtrip(tiny_model_dir, tmp_path):
     out2 = prune_layers(tiny_model_dir, pruner, ids, opts, WorkState(tmp_path / "w", fingerprint), redone.append)
     assert redone == [] and all(torch.equal(out2.extras[n]["core"], t["core"]) for n, t in out.extras.items())
     with pytest.raises(ValueError, match="different arguments"):
-        WorkState(tmp_path / "w", {"settings": get_pruner("armor", block_size="auto", iters=4).settings()})
+        WorkState(tmp_path / "w", {"settings": get_pruner("armor", block_size="auto", iters=3).settings()})
 
 
 def test_registry_pruner_returns_dense_equivalent_and_factors():
