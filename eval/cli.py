@@ -99,7 +99,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=_count(0, "must be 0 (torch's default) or a positive count"), default=0,
                    help="torch CPU threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=0, help="seed of lm-eval's generators (default 0)")
-    p.add_argument("--out", default=None,
+    p.add_argument("--out", default=None, metavar="PATH",
                    help="results JSON file, or a folder to put eval-<time>.json in (default: the model folder)")
     p.add_argument("--overwrite", action="store_true",
                    help="allow --out to replace an existing file that is not a sparse24 results file")
@@ -144,6 +144,8 @@ def _versions() -> dict[str, str]:
 
 def is_results_file(path: Path) -> bool:
     """True for a JSON results file written by ``sparse24 eval`` (the only kind --out replaces without asking)."""
+    if path.suffix != ".json":
+        return False
     try:
         with open(path, encoding="utf-8") as f:
             head = f.read(1 << 20)
