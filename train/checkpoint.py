@@ -104,16 +104,20 @@ def _json_value(v: Any, where: str) -> Any:
 
 
 def _dedupe(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors that share memory (tied embeddings) are stored once; returns (unique tensors, alias -> stored name)."""
+    """Tensors that are the same view of one memory (tied embeddings) are stored once; other views into memory
+    already stored are copied (safetensors stores no overlapping tensors). Returns (tensors, alias -> stored name)."""
     seen: dict[tuple, str] = {}
+    storages: set[tuple] = set()
     unique, aliases = {}, {}
     for k, v in state.items():
-        key = (v.device.type, v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), tuple(v.stride()))
+        storage = (v.device.type, v.untyped_storage().data_ptr())
+        key = (*storage, v.storage_offset(), tuple(v.shape), tuple(v.stride()))
         if v.numel() and key in seen:
             aliases[k] = seen[key]
-        else:
-            seen[key] = k
-            unique[k] = v
+            continue
+        seen[key] = k
+        unique[k] = v.clone() if v.numel() and storage in storages else v
+        storages.add(storage)
     return unique, aliases
 
 

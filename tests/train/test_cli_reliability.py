@@ -215,3 +215,18 @@ def test_gpt2_tied_embeddings_resume_bit_identically(tmp_path):
     assert _train(out, *args) == 0
     got = [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in read_jsonl(out / "metrics.jsonl")]
     assert got == want
+
+
+def test_rotary_seq_len_beyond_positions_warns(tmp_path):
+    from sparse24.train.model import build_model
+    from transformers import LlamaConfig
+
+    LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                max_position_embeddings=32).save_pretrained(tmp_path / "l")
+    with pytest.warns(UserWarning, match="max_position_embeddings 32"):
+        build_model(str(tmp_path / "l"), 256, seq_len=64)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        build_model(str(tmp_path / "l"), 256, seq_len=32)  # within range: silent
