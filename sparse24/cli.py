@@ -16,6 +16,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("sparse24.demo", "train a tiny Llama 2:4-sparse on shipped text, save, reload compressed, check"),
     "prune": ("sparse24.prune.cli", "prune an HF Llama-family checkpoint to 2:4 (sparsegpt, wanda, armor, ...)"),
     "eval": ("sparse24.eval.cli", "perplexity and lm-eval zero-shot accuracy of a dense or sparse24 checkpoint"),
+    "retrain": ("sparse24.train.retrain", "retrain a pruned model to recover quality: AST (distillation, adaptive "
+                "masks, SLoRB)"),
     "train": ("sparse24.train.cli", "pretrain an HF causal LM with a 2:4 recipe (dense, srste_decay_ft, sste, ...)"),
     "bench": ("sparse24.kernels.bench", "kernel and backend microbenchmarks"),
 }
