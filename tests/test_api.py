@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -141,35 +143,16 @@ def test_names_and_patterns_that_match_nothing_warn(tiny_llama, caplog):
     assert "'*.mlp.*'" not in text
 
 
-README_SNIPPET = '''
-import torch
-import sparse24
-from sparse24 import SSTEConfig, SRSTEConfig, FlipTracker, sparsify, update_masks, save_sparse
-from sparse24.demo import tiny_llama
-
-model = tiny_llama()                                                    # any HF causal LM (from_pretrained)
-model = sparsify(model, SSTEConfig())                                   # every linear but embeddings / lm_head
-# or FFNs only, per-FQN configs (fnmatch): sparsify(model, {"_default": None, "*.mlp.*": SRSTEConfig()})
-# a model that is already 2:4 is refused unless reconfigure=True (rebuilds from the dense weights)
-opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-tracker = FlipTracker()
-for step in range(3):                                                   # your loop (or `sparse24 train`)
-    ids = torch.randint(0, 256, (2, 16))
-    loss = model(input_ids=ids, labels=ids).loss
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    sparse24.apply_masked_decay(model)                                  # SR-STE: g += λ(1−M)⊙W, before the step
-    opt.step()
-    opt.zero_grad()
-    stats = update_masks(model, tracker)                                # refresh due masks; flip rates
-save_sparse(model, "ckpt", compressed=True, overwrite=True)             # an inference export (see Checkpoints)
-model, tokenizer, info = sparse24.load("ckpt")                          # any folder sparse24 writes, or plain HF
-'''
+def _readme_snippet() -> str:
+    """The first python block under the README's "## Library" heading, exactly as a user copies it."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## Library"):]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
 
 
 def test_readme_library_snippet_runs_as_written(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     scope: dict = {}
     with pytest.warns(UserWarning, match="inference export"):
-        exec(compile(README_SNIPPET, "README.md", "exec"), scope)
+        exec(compile(_readme_snippet(), "README.md", "exec"), scope)
     assert scope["info"]["loader"] == "sparse24" and len(list(sparse_modules(scope["model"]))) == 14
