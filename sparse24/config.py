@@ -95,7 +95,8 @@ class SRSTEConfig(SparseConfig):
         _check_positive(self, "decay")
         _check_positive(self, "mask_refresh", allow_zero=False)
         if self.decay_placement not in ("grad", "weight", "autograd"):
-            raise ValueError(f"SRSTEConfig.decay_placement must be 'grad', 'weight' or 'autograd', not {self.decay_placement!r}")
+            raise ValueError(f"SRSTEConfig.decay_placement must be 'grad', 'weight' or 'autograd', "
+                             f"not {self.decay_placement!r}")
 
 
 @dataclass(frozen=True)

@@ -95,21 +95,26 @@ def _utf8(path: Path) -> str:
         raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); convert it to UTF-8") from None
 
 
+def _jsonl_text(path: Path, no: int, line: str) -> str:
+    """The ``text`` field of line ``no`` of a ``.jsonl`` file; errors name ``file:line`` and the fix."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{no}: not valid JSON ({e.msg}); every line must be an object with a "
+                         "'text' field") from None
+    if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+        found = sorted(row) if isinstance(row, dict) else type(row).__name__
+        raise ValueError(f"{path}:{no}: every line needs a string 'text' field (found {found})")
+    return row["text"]
+
+
 def jsonl_texts(path: str | os.PathLike) -> list[str]:
     """The ``text`` field of every line of a ``.jsonl`` file (blank lines skipped); errors name ``file:line``."""
     path, texts = Path(path), []
     for no, line in enumerate(_utf8(path).splitlines(), 1):
         if not line.strip():
             continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{no}: not valid JSON ({e.msg}); every line must be an object with a "
-                             "'text' field") from None
-        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-            found = sorted(row) if isinstance(row, dict) else type(row).__name__
-            raise ValueError(f"{path}:{no}: every line needs a string 'text' field (found {found})")
-        texts.append(row["text"])
+        texts.append(_jsonl_text(path, no, line))
     return texts
 
 
@@ -151,18 +156,10 @@ def iter_text(spec: str | os.PathLike, block_chars: int = 1 << 20) -> Iterator[s
             for no, line in enumerate(f, 1):  # noqa: B007 - `no` names the line in errors below
                 if not line.strip():
                     continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{no}: not valid JSON ({e.msg}); every line must be an object with a "
-                                     "'text' field") from None
-                if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-                    found = sorted(row) if isinstance(row, dict) else type(row).__name__
-                    raise ValueError(f"{path}:{no}: every line needs a string 'text' field (found {found})")
+                text = _jsonl_text(path, no, line)
                 if not first:
                     yield "\n\n"
                 first = False
-                text = row["text"]
                 for i in range(0, len(text), block_chars):
                     yield text[i : i + block_chars]
     except UnicodeDecodeError as e:

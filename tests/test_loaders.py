@@ -21,6 +21,13 @@ def _logits(model, ids):
         return model(input_ids=ids).logits
 
 
+def _tiny_text(tmp_path):
+    """A small text file for `sparse24 eval --ppl` (the failures under test happen before it is scored)."""
+    path = tmp_path / "text.txt"
+    path.write_text("A short text to score. " * 50, encoding="utf-8")
+    return path
+
+
 def _tokenizer():
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast

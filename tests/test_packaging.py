@@ -12,8 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SUBPACKAGES = ("kernels", "train", "prune", "eval")
 PROBE = (
     "import importlib, json, sys; sys.path[:0] = sys.argv[1:]; import site; [site.addsitedir(p) for p in sys.argv[1:]];"
-    "mods = ['sparse24'] + ['sparse24.' + s for s in %r];"
-    "print(json.dumps({m: importlib.import_module(m).__file__ for m in mods}))" % (SUBPACKAGES,)
+    f"mods = ['sparse24'] + ['sparse24.' + s for s in {SUBPACKAGES!r}];"
+    "print(json.dumps({m: importlib.import_module(m).__file__ for m in mods}))"
 )
 
 
@@ -27,8 +27,9 @@ def _pip(*args: str) -> None:
 def _probe(site_dir: Path, cwd: Path) -> dict:
     import json
 
+    env = {"PATH": "", "PYTHONPATH": ":".join(p for p in sys.path if "site-packages" in p)}
     r = subprocess.run([sys.executable, "-S", "-c", PROBE, str(site_dir)], capture_output=True, text=True, cwd=cwd,
-                       timeout=300, env={"PATH": "", "PYTHONPATH": ":".join(p for p in sys.path if "site-packages" in p)})
+                       timeout=300, env=env)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
 

@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from sparse24.train.cli import add_arguments, run
+from sparse24.cli import main as cli_main
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sparse24.train", description=(__doc__ or "").strip())
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except (ValueError, FileNotFoundError, FileExistsError, TypeError, RuntimeError, PermissionError) as e:
-        print(f"sparse24 train: error: {e}", file=sys.stderr)
-        return 2
+    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

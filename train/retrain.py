@@ -286,17 +286,11 @@ def run(args: Any) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m sparse24.train.retrain`` (the same as ``sparse24 retrain``)."""
-    import argparse
     import sys
 
-    p = argparse.ArgumentParser(prog="sparse24 retrain")
-    add_arguments(p)
-    args = p.parse_args(argv)
-    try:
-        return run(args)
-    except (ValueError, FileNotFoundError, FileExistsError, TypeError, RuntimeError, PermissionError) as e:
-        print(f"sparse24 retrain: error: {e}", file=sys.stderr)
-        return 2
+    from sparse24.cli import main as cli_main
+
+    return cli_main(["retrain", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
