@@ -164,7 +164,7 @@ def test_tokenizer_recorded_as_hub_id_is_refused_without_download(tiny_llama, tm
         load(tmp_path / "ck")
     assert main(["eval", str(tmp_path / "ck"), "--ppl", str(_tiny_text(tmp_path)), "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert "hub id" in err and "Traceback" not in err
+    assert "never download" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("case", ["config-list", "garbage-config-json", "truncated-weights", "pickle-only"])
@@ -185,7 +185,7 @@ def test_eval_cli_broken_folders_exit_with_a_message(tiny_llama, tmp_path, capsy
             want = "holds a JSON list"
         elif case == "garbage-config-json":
             (folder / "config.json").write_bytes(b"\x00garbage")
-            want = "config.json is not a valid transformers config"
+            want = "config.json"
         else:
             (folder / CONFIG_NAME).unlink()  # a plain HF folder with a truncated weights file
             w = folder / "model.safetensors"
