@@ -67,7 +67,7 @@ def effective_state_dict(model: nn.Module) -> tuple[dict[str, torch.Tensor], lis
     for key, t in model.state_dict().items():
         mod, _, leaf = key.rpartition(".")
         if mod in sparse:
-            if leaf in ("mask", "scale", "step", "dense_mode"):
+            if leaf in ("mask", "beta", "_extra_state", "scale", "step", "dense_mode"):
                 continue
             if leaf == "weight":
                 t = sparse[mod].sparse_weight()

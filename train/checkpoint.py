@@ -51,7 +51,7 @@ def save_checkpoint(trainer: Trainer, folder: str | Path) -> Path | None:
     from accelerate.utils import gather_object
 
     acc, model = trainer.accelerator, trainer.unwrapped
-    gens = {fqn: m.generator().get_state() for fqn, m in sparse_modules(model)}
+    gens = {fqn: m.mvue_offset for fqn, m in sparse_modules(model)}  # MVUE stream positions
     per_rank = gather_object([{"rng": _rng_state(), "generators": gens}]) if acc.num_processes > 1 \
         else [{"rng": _rng_state(), "generators": gens}]
     if not acc.is_main_process:
@@ -88,7 +88,7 @@ def load_checkpoint(trainer: Trainer, folder: str | Path) -> None:
     mine = state["ranks"][acc.process_index]
     _set_rng_state(mine["rng"])
     for fqn, m in sparse_modules(model):
-        m.generator().set_state(mine["generators"][fqn])
+        m.mvue_offset = mine["generators"][fqn]
 
 
 def latest_checkpoint(out_dir: str | Path) -> Path | None:

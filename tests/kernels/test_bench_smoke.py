@@ -24,7 +24,7 @@ def test_bench_cli_smoke_writes_csvs_and_plots(tmp_path, capsys):
     assert all(float(r["p20"]) <= float(r["p50"]) <= float(r["p80"]) for r in rows)
     with (tmp_path / f"kernels_{dev}.csv").open() as f:
         ops = {r["op"] for r in csv.DictReader(f)}
-    assert {"copy", "mask24", "transposable_mask", "mvue24", "compress24", "fp8_cast"} <= ops
+    assert {"copy", "mask24", "transposable_mask", "mvue", "pack_cutlass", "fp8_cast"} <= ops
     assert plot.main([str(tmp_path / f"gemm_{dev}.csv"), str(tmp_path / f"linear_{dev}.csv"),
                       "--out-dir", str(tmp_path)]) == 0
     assert (tmp_path / "gemm_bf16_speedup.png").stat().st_size > 1000

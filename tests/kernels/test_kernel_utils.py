@@ -25,7 +25,7 @@ def test_imports_and_refs_work_without_triton():
         import torch
         from sparse24.kernels import _utils
         from sparse24.kernels.mask24 import mask24, mask24_ref
-        from sparse24.kernels.compress24 import compress24
+        from sparse24.kernels.pack_cutlass import pack_cutlass_triton
         import sparse24.kernels.backends as kb
         assert not _utils.HAS_TRITON
         w = torch.randn(4, 8)
