@@ -12,7 +12,7 @@ from sparse24.api import (  # noqa: E402
     unsparsify,
     update_masks,
 )
-from sparse24.backends import BackendInfo, register_backend, select_backend  # noqa: E402
+from sparse24.backends import BackendInfo, Plan, register_backend, resolve, select_backend  # noqa: E402
 from sparse24.compress import check_24, compress_24, decompress_24  # noqa: E402
 from sparse24.config import MagnitudeConfig, SparseConfig, SRSTEConfig, SSTEConfig  # noqa: E402
 from sparse24.io import load_sparse, read_sparse24_config, save_sparse  # noqa: E402
@@ -30,7 +30,7 @@ from sparse24.tracking import FlipTracker  # noqa: E402
 
 __all__ = [
     "__version__", "sparsify", "unsparsify", "register_handler", "sparse_modules", "update_masks",
-    "apply_masked_decay", "set_dense_finetune", "BackendInfo", "register_backend", "select_backend",
+    "apply_masked_decay", "set_dense_finetune", "BackendInfo", "Plan", "register_backend", "resolve", "select_backend",
     "check_24", "compress_24", "decompress_24", "MagnitudeConfig", "SparseConfig", "SRSTEConfig", "SSTEConfig",
     "load_sparse", "read_sparse24_config", "save_sparse", "SparseLinear", "is_24", "magnitude_mask_24", "mvue_24",
     "retained_fraction", "soft_threshold_24", "sste_scale", "transposable_mask_24", "FlipTracker",
