@@ -6,7 +6,8 @@ signature, the test oracle) and the op ``<op>`` that the library calls: the kern
 - ``soft_threshold`` (S-STE ``β·S(W)``): ``SparseLinear`` packs S-STE weights through it.
 - ``mvue`` (unbiased 2:4 sampling of ``∇Yᵀ``): ``SparseMatmul``'s backward with ``mvue=True``.
 - ``masked_decay_`` (SR-STE ``g += λ(1−M)⊙W``): :func:`sparse24.apply_masked_decay` and the autograd placement.
-- ``pack_cutlass`` (CUTLASS values + metadata): the ``cutlass`` backend. ``fp8_cast`` (e4m3/e5m2 scales): ``cusparselt_fp8``.
+- ``pack_cutlass`` (CUTLASS values + metadata): the ``cutlass`` backend.
+- ``fp8_cast`` (e4m3/e5m2 with scales): the ``cusparselt_fp8`` backend.
 ``backends`` registers cusparselt, cutlass, cusparselt_fp8 (and their CPU ``*_contract`` twins, see ``contract``) with
 :mod:`sparse24.backends`; ``cslt_search`` tunes cuSPARSELt algorithms safely.
 

@@ -1,10 +1,10 @@
 """GPU matmul backends (implementations; the registry and the choice live in :mod:`sparse24.backends`).
 
-| name           | dtypes        | weight [out, in] multiple | CC          | fwd / ∇X / ∇W                                   |
-|----------------|---------------|---------------------------|-------------|-------------------------------------------------|
-| cusparselt     | fp16, bf16    | (16, 16)                  | >= 8.0      | sparse / sparse if transposable / sparse if MVUE |
-| cutlass        | fp16, bf16    | (32, 64)                  | 8.0 ... 8.9 | sparse / sparse if transposable / dense          |
-| cusparselt_fp8 | fp16, bf16 in | (32, 32)                  | >= 9.0      | e4m3 sparse / as cusparselt (bf16/fp16)          |
+| name           | dtypes        | W multiple | CC          | fwd / ∇X / ∇W                                     |
+|----------------|---------------|------------|-------------|---------------------------------------------------|
+| cusparselt     | fp16, bf16    | (16, 16)   | >= 8.0      | sparse / sparse if transposable / sparse if MVUE   |
+| cutlass        | fp16, bf16    | (32, 64)   | 8.0 ... 8.9 | sparse / sparse if transposable / dense            |
+| cusparselt_fp8 | fp16, bf16 in | (32, 32)   | >= 9.0      | e4m3 sparse / as cusparselt in the 16-bit dtype    |
 
 - Every kernel call goes through ``self.ops`` (:mod:`.contract`): :class:`~.contract.TorchOps` on CUDA,
   :class:`~.contract.ContractOps` for the ``*_contract`` twins registered below, which run the same calling code on
@@ -114,19 +114,21 @@ class CusparseltBackend(_Sparse):
         w = w.detach().contiguous()
         return Prepared(w=w, packed=self.ops.cslt_compress(w), packed_t=self._compress_t(w))
 
-    def _alg(self, packed: Any, w: Tensor, tokens: int) -> int:
+    def _config(self, packed: Any, w: Tensor, tokens: int) -> tuple[int, int, int]:
+        """(alg_id, split_k, split_k_mode), tuned once per shape and token bucket (a dict lookup afterwards)."""
         if self.emulated:
-            return 0
-        from sparse24.kernels.cslt_search import cslt_alg_id
+            return (0, 1, -1)
+        from sparse24.kernels.cslt_search import cslt_config
 
-        return cslt_alg_id(packed, w, tokens)
+        return cslt_config(packed, w, tokens)
 
     def _mm(self, packed: Any, dense_w: Tensor, x: Tensor, bias: Tensor | None) -> Tensor:
-        alg = self._alg(packed, dense_w, x.shape[0])
+        alg, split_k, split_k_mode = self._config(packed, dense_w, x.shape[0])
         if alg < 0:  # no algorithm passed the guard for this shape
             return F.linear(x, dense_w, bias)
         xp = pad_rows(x, self.dense_min)  # [T', in]; xp.t() is the column-major B the kernel expects
-        y = self.ops.cslt_sparse_mm(packed, xp.t(), bias, transpose_result=True, alg_id=alg)  # [T', out]
+        y = self.ops.cslt_sparse_mm(packed, xp.t(), bias, transpose_result=True, alg_id=alg, split_k=split_k,
+                                    split_k_mode=split_k_mode)  # [T', out]
         return y[: x.shape[0]]
 
     def linear(self, x: Tensor, prepared: Prepared, bias: Tensor | None) -> Tensor:

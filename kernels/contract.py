@@ -47,9 +47,11 @@ class TorchOps:
         return torch._cslt_compress(a)
 
     def cslt_sparse_mm(self, ca, b: Tensor, bias: Tensor | None = None, alpha: Tensor | None = None,
-                       out_dtype: torch.dtype | None = None, transpose_result: bool = False, alg_id: int = 0) -> Tensor:
+                       out_dtype: torch.dtype | None = None, transpose_result: bool = False, alg_id: int = 0,
+                       split_k: int = 1, split_k_mode: int = -1) -> Tensor:
+        kw = {"split_k": split_k, "split_k_mode": split_k_mode} if split_k != 1 else {}  # older torch: no split-K
         return torch._cslt_sparse_mm(ca, b, bias, alpha=alpha, out_dtype=out_dtype, transpose_result=transpose_result,
-                                     alg_id=alg_id)
+                                     alg_id=alg_id, **kw)
 
     def semi_structured_mm(self, values: Tensor, meta: Tensor, b: Tensor) -> Tensor:
         return torch._sparse_semi_structured_mm(values, meta, b)
@@ -113,8 +115,10 @@ class ContractOps:
         return Compressed(a.clone(), a.dtype)
 
     def cslt_sparse_mm(self, ca: Compressed, b: Tensor, bias: Tensor | None = None, alpha: Tensor | None = None,
-                       out_dtype: torch.dtype | None = None, transpose_result: bool = False, alg_id: int = 0) -> Tensor:
+                       out_dtype: torch.dtype | None = None, transpose_result: bool = False, alg_id: int = 0,
+                       split_k: int = 1, split_k_mode: int = -1) -> Tensor:
         self.calls.append("cslt_sparse_mm")
+        _need(alg_id >= 0 and split_k >= 1, f"_cslt_sparse_mm: alg_id={alg_id}, split_k={split_k} out of range")
         _need(isinstance(ca, Compressed), "_cslt_sparse_mm: the first operand must come from _cslt_compress")
         a, eight = ca.dense, ca.dtype in EIGHT_BIT
         _need(b.dim() == 2, f"_cslt_sparse_mm: dense_B must be 2-D, got {tuple(b.shape)}")

@@ -14,7 +14,16 @@ Contract
 from __future__ import annotations
 
 import torch
-from sparse24.kernels._utils import HAS_TRITON, cdiv, check_input, is_interpreter, launch_device_ok, round_to, tl, triton
+from sparse24.kernels._utils import (
+    HAS_TRITON,
+    cdiv,
+    check_input,
+    is_interpreter,
+    launch_device_ok,
+    round_to,
+    tl,
+    triton,
+)
 from torch import Tensor
 
 __all__ = ["masked_decay_", "masked_decay_triton_", "masked_decay_ref_"]

@@ -1,4 +1,6 @@
-"""MVUE 2:4 sampling (``mvue``: kernel ``_mvue_kernel``, launcher ``mvue_triton``, reference ``mvue_ref``): an unbiased random 2:4 tensor ``Z`` with ``E[Z] = x`` (approximate MVUE of Chmiel et al.).
+"""MVUE 2:4 sampling: an unbiased random 2:4 tensor ``Z`` with ``E[Z] = x`` (approximate MVUE of Chmiel et al.).
+
+``mvue`` (the op: kernel on CUDA, reference elsewhere), ``mvue_triton`` (launcher of ``_mvue_kernel``), ``mvue_ref``.
 
 Contract
 - Layout: any contiguous ``[..., C]``, groups of 4 along the last dim, ``C % 4 == 0`` (for ``∇Yᵀ`` ``[out, T]`` pad T
@@ -20,7 +22,17 @@ Contract
 from __future__ import annotations
 
 import torch
-from sparse24.kernels._utils import HAS_TRITON, cdiv, check_input, is_interpreter, launch_device_ok, round_to, rows_view, tl, triton
+from sparse24.kernels._utils import (
+    HAS_TRITON,
+    cdiv,
+    check_input,
+    is_interpreter,
+    launch_device_ok,
+    round_to,
+    rows_view,
+    tl,
+    triton,
+)
 from torch import Tensor
 
 from sparse24.masks import MVUE_EPS, mvue_24
@@ -75,7 +87,7 @@ def _mvue_kernel(x_ptr, out_ptr, NG, seed, offset, BLOCK: tl.constexpr, EPS: tl.
 
 
 def mvue_triton(x: Tensor, seed: int, offset: int = 0) -> tuple[Tensor, int]:
-    """Triton launcher: return ``(Z, next_offset)``: an unbiased 2:4 sample of ``x`` and the offset for the next independent call."""
+    """Triton launcher: ``(Z, next_offset)``, an unbiased 2:4 sample of ``x`` and the offset for the next call."""
     check_input("mvue", x, "x", DTYPES)
     launch_device_ok("mvue", _mvue_kernel, x)
     if not (0 <= int(seed) < 2**63 and 0 <= int(offset) < 2**31):

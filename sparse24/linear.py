@@ -95,7 +95,9 @@ class SparseLinear(nn.Module):
 
     # ---- conversion ------------------------------------------------------------------------------------------
     @classmethod
-    def from_dense(cls, linear: nn.Module, config: SparseConfig | None = None, backend: str | None = None) -> SparseLinear:
+    def from_dense(
+        cls, linear: nn.Module, config: SparseConfig | None = None, backend: str | None = None
+    ) -> SparseLinear:
         """Wrap an ``nn.Linear`` (its weight and bias are reused, not copied) or a GPT-2 ``Conv1D`` (weight
         transposed into a new parameter). The mask and β come from its weight."""
         conv1d = is_conv1d(linear)

@@ -95,17 +95,18 @@ def test_training_step_equivalence(name):
 
 def test_alg_id_guard_and_cache(tmp_path):
     _usable("cusparselt", (1024, 1024), torch.float16)
-    from sparse24.kernels.cslt_search import AlgCache, cslt_alg_id
+    from sparse24.kernels.cslt_search import AlgCache, cslt_config
 
     w = torch.randn(1024, 1024, device="cuda", dtype=torch.float16)
     w = w * magnitude_mask_24(w)
     packed = torch._cslt_compress(w)
     cache = AlgCache(tmp_path / "algs.json")
-    alg = cslt_alg_id(packed, w, 512, cache=cache)
-    assert alg >= 0, "no cuSPARSELt algorithm passed the correctness guard"
-    assert len(cache._load()) == 1 and AlgCache(tmp_path / "algs.json").get(next(iter(cache._load()))) == alg
+    cfg = cslt_config(packed, w, 512, cache=cache)
+    assert cfg[0] >= 0, "no cuSPARSELt algorithm passed the correctness guard"
+    assert len(cache._load()) == 1 and AlgCache(tmp_path / "algs.json").get(next(iter(cache._load()))) == cfg
     x = torch.randn(512, 1024, device="cuda", dtype=torch.float16)
-    y = torch._cslt_sparse_mm(packed, x.t(), transpose_result=True, alg_id=alg)
+    kw = {"split_k": cfg[1], "split_k_mode": cfg[2]} if cfg[1] != 1 else {}
+    y = torch._cslt_sparse_mm(packed, x.t(), transpose_result=True, alg_id=cfg[0], **kw)
     ref = x.double() @ w.double().t()
     assert _rel(y, ref) <= MATMUL_ERR_FACTOR * _rel(x @ w.t(), ref) + 1e-6
 

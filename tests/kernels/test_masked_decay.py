@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from sparse24.kernels.masked_decay import masked_decay_triton_, masked_decay_ref_
+from sparse24.kernels.masked_decay import masked_decay_ref_, masked_decay_triton_
 from tolerances import tol
 
 from benchmarks.shapes import pytest_params

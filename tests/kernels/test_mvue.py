@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from sparse24.kernels.mvue import mvue_triton, mvue_ref
+from sparse24.kernels.mvue import mvue_ref, mvue_triton
 from tolerances import MVUE_SIGMAS, tol
 
 from benchmarks.shapes import pytest_params

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from sparse24.kernels.pack_cutlass import pack_cutlass_triton, pack_cutlass_ref, unpack_cutlass_ref
+from sparse24.kernels.pack_cutlass import pack_cutlass_ref, pack_cutlass_triton, unpack_cutlass_ref
 
 from sparse24.masks import magnitude_mask_24
 

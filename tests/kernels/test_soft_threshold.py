@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from sparse24.kernels.soft_threshold import soft_threshold_triton, soft_threshold_ref
+from sparse24.kernels.soft_threshold import soft_threshold_ref, soft_threshold_triton
 from tolerances import tol
 
 from benchmarks.shapes import pytest_params
