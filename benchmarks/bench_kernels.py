@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> tuple[str, list[dict]]:
     shapes = S.SMOKE_SHAPES if args.smoke else [S.get(i) for i in args.shapes] if args.shapes else S.MODEL_SHAPES
     stamp, rows = H.env_stamp(device), []
     for shape in shapes:
-        H.write_csv(args.out_dir / f"kernels_{device}.csv", rows)  # partial: survives a timeout
+        H.write_csv(H.csv_path(args, "kernels", device), rows)  # partial: survives a timeout
         w = torch.randn(shape.wshape, device=device, dtype=dtype)
         dst = torch.empty_like(w)
         q = H.bench(lambda: dst.copy_(w), device, args.smoke)

@@ -17,7 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prune": ("sparse24.prune.cli", "prune an HF Llama-family checkpoint to 2:4 (magnitude, wanda, sparsegpt, ...)"),
     "eval": ("sparse24.eval.cli", "perplexity and lm-eval zero-shot accuracy of a dense or sparse24 checkpoint"),
     "train": ("sparse24.train.cli", "pretrain an HF causal LM with a 2:4 recipe (dense, srste_decay_ft, sste, ...)"),
-    "bench": ("sparse24.kernels.bench", "kernel and backend microbenchmarks"),
+    "bench": ("sparse24.bench", "kernel and backend microbenchmarks"),
 }
 
 EPILOG = """examples:

@@ -325,3 +325,19 @@ def test_compile_fullgraph_sparse_llama_forward_backward(tiny_llama):
     torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-5)
     for n, p in model.named_parameters():
         torch.testing.assert_close(p.grad, ref[n], rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_load_sparse_generate_matches_the_masked_dense_model(tmp_path, tiny_llama):
+    from sparse24 import load_sparse, save_sparse, sparsify, unsparsify
+
+    model = sparsify(tiny_llama(layers=1, hidden=32, vocab=64), MagnitudeConfig())
+    save_sparse(model, tmp_path / "ckpt", compressed=True)
+    loaded = load_sparse(tmp_path / "ckpt", device="cpu", dtype=torch.bfloat16)
+    sparse = [m for m in loaded.modules() if isinstance(m, SparseLinear)]
+    assert sparse and all(m.weight.dtype == torch.bfloat16 and m.plan().min_tokens == 0 for m in sparse)  # CPU: dense
+    dense = unsparsify(sparsify(tiny_llama(layers=1, hidden=32, vocab=64), MagnitudeConfig())).to(torch.bfloat16)
+    dense.load_state_dict(loaded.state_dict(), strict=False)  # same 2:4 weights in plain nn.Linear
+    ids = torch.randint(0, 64, (1, 6))
+    kw = {"max_new_tokens": 5, "min_new_tokens": 5, "do_sample": False, "pad_token_id": 0}
+    with torch.no_grad():
+        assert torch.equal(loaded.generate(ids, **kw), dense.generate(ids, **kw))

@@ -34,11 +34,12 @@ def test_imports_and_refs_work_without_triton():
             mask24(w)
         except RuntimeError as e:
             print("ERR", e)
-        print("TRITON_BACKEND", kb.TritonBackend().available())
+        from sparse24.kernels.soft_threshold import soft_threshold
+        print("OP_FALLS_BACK", tuple(soft_threshold(w).shape), "cusparselt_contract" in kb.__dict__["register_backend"].__globals__["BACKENDS"])
     """)
     assert res.returncode == 0, res.stderr
     assert "ERR mask24: triton is not installed: pip install" in res.stdout
-    assert "TRITON_BACKEND triton is not installed" in res.stdout
+    assert "OP_FALLS_BACK (4, 8) True" in res.stdout  # the ops and the backends work without triton
 
 
 def test_cpu_tensor_without_interpreter_names_the_fix():
