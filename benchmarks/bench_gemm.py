@@ -49,8 +49,9 @@ def make(provider: str, w: torch.Tensor, x: torch.Tensor):
     """A zero-argument callable running ``x @ w.T`` on ``provider``, or None when it cannot run here."""
     if provider == "dense":
         return lambda: F.linear(x, w)
-    from sparse24.backends import BACKENDS, get_backend
     from sparse24.kernels.contract import ContractOps, TorchOps
+
+    from sparse24.backends import BACKENDS, get_backend
 
     if provider.startswith("dense_fp8"):
         return _dense_fp8(w, x, ContractOps() if provider.endswith("_contract") else TorchOps())

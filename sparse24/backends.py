@@ -66,6 +66,9 @@ class Backend:
     native_fp8: bool = False
     emulated: bool = False
 
+    def __deepcopy__(self, memo: dict) -> Backend:
+        return self  # registry singletons: a copied model shares them (and their caches)
+
     def available(self) -> str | None:
         """Why this backend cannot run in this process at all (missing library), or None."""
         return None
