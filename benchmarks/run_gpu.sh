@@ -59,7 +59,7 @@ else
     || exit 3
 fi
 
-stage environment 30 $PY - <<'PY'
+stage environment 15 $PY - <<'PY'
 import platform, torch
 print("python", platform.python_version(), "torch", torch.__version__, "cuda", torch.version.cuda)
 try:
@@ -73,22 +73,28 @@ if torch.cuda.is_available():
           torch.backends.cusparselt.get_max_alg_id())
 PY
 if ((!SMOKE)); then
-  stage tests 120 $PY -m pytest tests/kernels -q -m "not slow" -p no:cacheprovider --durations=5 \
+  stage tests 100 $PY -m pytest tests/kernels -q -m "not slow" -p no:cacheprovider --durations=5 \
     --junitxml="$DEST/pytest_kernels.xml"
+fi
+if ((!SMOKE)); then
+  stage probe 30 $PY benchmarks/probe_gpu.py --out-dir "$DEST"
 fi
 KSHAPES=(--shapes llama2-7b-mlp-up llama3-8b-mlp-down)
 GSHAPES=(--shapes llama2-7b-mlp-up llama3-70b-mlp-up)
 if ((SMOKE)); then KSHAPES=(); GSHAPES=(); fi
-stage kernels 40 $PY benchmarks/bench_kernels.py "${ARGS[@]}" "${KSHAPES[@]}"
-stage gemm_bf16 110 $PY benchmarks/bench_gemm.py "${ARGS[@]}" --dtype bf16
-stage gemm_fp16 40 $PY benchmarks/bench_gemm.py "${ARGS[@]}" --dtype fp16 "${GSHAPES[@]}"
-stage linear 50 $PY benchmarks/bench_linear.py "${ARGS[@]}"
-stage block 50 $PY benchmarks/bench_block.py "${ARGS[@]}"
-stage generate 40 $PY benchmarks/bench_generate.py "${ARGS[@]}"
+stage kernels 30 $PY benchmarks/bench_kernels.py "${ARGS[@]}" "${KSHAPES[@]}"
+stage gemm_bf16 100 $PY benchmarks/bench_gemm.py "${ARGS[@]}" --dtype bf16
+stage gemm_fp16 30 $PY benchmarks/bench_gemm.py "${ARGS[@]}" --dtype fp16 "${GSHAPES[@]}"
+stage linear 45 $PY benchmarks/bench_linear.py "${ARGS[@]}"
+stage block 45 $PY benchmarks/bench_block.py "${ARGS[@]}"
+stage generate 35 $PY benchmarks/bench_generate.py "${ARGS[@]}"
 shopt -s nullglob
 CSVS=("$DEST"/gemm_*.csv "$DEST"/linear_*.csv "$DEST"/block_*.csv)
 if ((${#CSVS[@]})); then
-  stage plot 20 $PY benchmarks/plot.py "${CSVS[@]}" --out-dir "$DEST"
+  stage plot 15 $PY benchmarks/plot.py "${CSVS[@]}" --out-dir "$DEST"
+fi
+if ((!SMOKE)); then  # last: raw misuse of the kernel may leave the CUDA context unusable
+  stage hazards 20 $PY benchmarks/probe_gpu.py --out-dir "$DEST" --hazards
 fi
 echo "== done in $((SECONDS - START))s; results in $DEST"
 cat "$DEST/stages.csv"
