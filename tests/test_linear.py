@@ -319,7 +319,7 @@ def test_compile_fullgraph_sparse_llama_forward_backward(tiny_llama):
     eager.square().mean().backward()
     ref = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
-    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")  # AOTAutograd traces fwd+bwd; no break
+    compiled = torch.compile(model, fullgraph=True)  # inductor (about 40 s on 2 cores: marked slow)
     out = compiled(ids).logits
     out.square().mean().backward()
     torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-5)
