@@ -268,7 +268,10 @@ class SparseLinear(nn.Module):
         x, bias, dtype = self._boundary(x)
         plan = self.plan(dtype)
         backend = plan.pick(x.numel() // self.in_features)
-        prepared = self._prepared(backend, dtype)
+        if backend is plan.backend or not plan.backend.packs:
+            prepared = self._prepared(backend, dtype)
+        else:  # below the crossover (decode): the dense product on the packed step's W̃, no per-call masking
+            prepared = backend.prepare(self._prepared(plan.backend, dtype).w)
         cfg = self.config
         mvue = None
         if getattr(cfg, "mvue", False) and torch.is_grad_enabled():

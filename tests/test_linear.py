@@ -341,3 +341,28 @@ def test_load_sparse_generate_matches_the_masked_dense_model(tmp_path, tiny_llam
     kw = {"max_new_tokens": 5, "min_new_tokens": 5, "do_sample": False, "pad_token_id": 0}
     with torch.no_grad():
         assert torch.equal(loaded.generate(ids, **kw), dense.generate(ids, **kw))
+
+
+def test_small_m_runs_dense_on_the_cached_weight(counting_backend):
+    from sparse24.backends import DENSE, Plan
+    from sparse24.kernels.backends import Prepared
+
+    class PackingCounting(type(counting_backend)):
+        def prepare(self, w):
+            self.packs_made += 1
+            return Prepared(w=w.clone())
+
+        def linear(self, x, p, bias):
+            return F.linear(x, p.w, bias)
+
+    be = PackingCounting()
+    sl = SparseLinear(16, 8, config=SRSTEConfig())
+    sl._plans[torch.float32] = Plan(be, DENSE, min_tokens=8)  # what auto resolves on a GPU, with a crossover of 8
+    calls = []
+    real = sl._effective_weight
+    sl._effective_weight = lambda dt: calls.append(dt) or real(dt)
+    with torch.no_grad():
+        for t in (1, 1, 2, 16, 1):  # decode steps and one prefill
+            x = torch.randn(t, 16)
+            torch.testing.assert_close(sl(x), F.linear(x, sl.sparse_weight(), sl.bias))
+    assert len(calls) == 1 and be.packs_made == 1  # W̃ built once, shared by the dense decode path
