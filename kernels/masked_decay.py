@@ -5,9 +5,11 @@ Contract
   The last dim needs no multiple of 4 (the op is elementwise). Offsets are int64.
 - Dtypes: float32, float16, bfloat16. The sum ``g + λ·w`` is formed in float32 and rounded once to the dtype.
 - In place: ``g`` is updated and returned; its ``_version`` is bumped like ``Tensor.add_`` would.
-- Matches ``g.add_(w * ~mask, alpha=λ)`` (what :func:`sparse24.api.apply_masked_decay` does for
-  ``decay_placement="grad"``) to within one rounding of the dtype (a GPU may contract ``g + λ·w`` into one FMA).
-- Replaces: ``g.add_(w * ~mask, alpha=λ)`` (two extra full-size temporaries per layer per step).
+- Matches :func:`masked_decay_ref_` (``g.add_(w * ~mask, alpha=λ)``) to within one rounding of the dtype (a GPU may
+  contract ``g + λ·w`` into one FMA).
+- Called on CUDA through the op :func:`masked_decay_` by :func:`sparse24.apply_masked_decay`
+  (``decay_placement="grad"``) and by ``SparseMatmul``'s backward (``"autograd"``); replaces two full-size
+  temporaries per layer per step.
 - Speed: not yet measured on a GPU.
 """
 

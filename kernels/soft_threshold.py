@@ -9,7 +9,8 @@ Contract
   shrunk magnitude ``|a| − t`` is rounded to the input dtype, then multiplied by ``β`` cast to the input dtype.
   The result equals the reference bit for bit (``-0.0`` and ``0.0`` compare equal).
 - Tie rule: none needed (continuous map); when ranks 2 and 3 tie, both entries become 0, so a group can keep < 2.
-- Replaces: ``sparse24.masks.soft_threshold_24(w) * beta.to(w.dtype)`` (the forward of ``SoftThresholdSTE``).
+- Replaces: ``sparse24.masks.soft_threshold_24(w) * beta.to(w.dtype)`` when ``SparseLinear`` packs an S-STE weight
+  (through the op :func:`soft_threshold`, on CUDA).
 - Speed: not yet measured on a GPU.
 - Block sizes: memory bound; fixed 16 rows x 64 groups per program (no autotune).
 """
