@@ -175,7 +175,7 @@ def tune(
             if guard_ok(out, again, reference, max_rel_err):
                 return cfg
             log.warning("sparse24: cuSPARSELt's searched config %s failed the correctness guard; trying all", cfg)
-        except RuntimeError as e:
+        except (RuntimeError, TypeError, AttributeError) as e:  # no search in this build, or another signature
             log.warning("sparse24: cuSPARSELt search failed (%s); trying every alg_id", e)
     candidates = [(a, 1, -1) for a in range((max_alg if max_alg is not None else default_max_alg) + 1)]
     best = search_alg_id(run, reference, candidates, timer, max_rel_err)
@@ -217,8 +217,8 @@ def cslt_config(packed: Tensor, w: Tensor, tokens: int, cache: AlgCache | None =
     dense_err = float((x @ w.t()).double().sub(ref).norm() / ref.norm().clamp_min(1e-30))
 
     def run(cfg: Config) -> Tensor:
-        return torch._cslt_sparse_mm(packed, x.t(), transpose_result=True, alg_id=cfg[0], split_k=cfg[1],
-                                     split_k_mode=cfg[2])
+        kw = {"split_k": cfg[1], "split_k_mode": cfg[2]} if cfg[1] != 1 else {}  # older torch: no split-K
+        return torch._cslt_sparse_mm(packed, x.t(), transpose_result=True, alg_id=cfg[0], **kw)
 
     cfg = tune(run, ref, _torch_searcher(packed, x.t()), _cuda_timer, max_rel_err=2 * dense_err + 1e-6,
                default_max_alg=torch.backends.cusparselt.get_max_alg_id() or 64)

@@ -130,4 +130,8 @@ def test_tune_falls_back_to_guarded_sweep_up_to_the_searched_max():
     def broken():
         raise RuntimeError("search unsupported")
 
+    def other_signature():
+        raise TypeError("mm_search() takes 3 positional arguments")
+
     assert tune(run_cfg, ref, broken, timer, 1e-5, default_max_alg=2) == (1, 1, -1)
+    assert tune(run_cfg, ref, other_signature, timer, 1e-5, default_max_alg=2) == (1, 1, -1)
