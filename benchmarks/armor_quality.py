@@ -64,16 +64,16 @@ def main() -> None:
     args = parse()
     if args.threads:
         torch.set_num_threads(args.threads)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     import transformers
+    from sparse24 import __version__
     from sparse24.eval.data import calibration_samples, read_text, token_windows
     from sparse24.eval.perplexity import perplexity
     from sparse24.prune.armor import ArmorSettings
     from sparse24.prune.armor_linear import armor_parameter_overhead
     from sparse24.prune.armor_model import armor_prune_model
     from sparse24.prune.model_io import resolve_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from sparse24 import __version__
 
     model_dir = resolve_model("smollm2-135m")
     tok = AutoTokenizer.from_pretrained(model_dir)

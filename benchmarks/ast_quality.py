@@ -63,15 +63,15 @@ def prune_args(argv: list[str]) -> argparse.Namespace:
 
 def main() -> None:
     import torch
+    from transformers import AutoModelForCausalLM
+
+    from sparse24 import MagnitudeConfig, sparsify
     from sparse24.eval.data import read_text, token_windows
     from sparse24.eval.loading import load_for_eval
     from sparse24.eval.perplexity import perplexity
     from sparse24.prune.ast import run_ast
     from sparse24.prune.cli import prune_checkpoint
     from sparse24.prune.model_io import resolve_model
-    from transformers import AutoModelForCausalLM
-
-    from sparse24 import MagnitudeConfig, sparsify
 
     a = parse()
     torch.set_num_threads(a.threads)

@@ -45,6 +45,7 @@ def run_recipe(name: str, args: argparse.Namespace) -> dict:
 def throughput(name: str, args: argparse.Namespace) -> float:
     """Training tokens/s of one recipe on the current device (bf16 autocast via accelerate)."""
     from accelerate import Accelerator
+
     from sparse24.train.pretrain import make_trainer
 
     acc = Accelerator(mixed_precision="bf16" if args.device == "cuda" else "no", cpu=args.device == "cpu")
