@@ -26,7 +26,7 @@ __all__ = [
     "set_dense_finetune", "ConfigSpec",
 ]
 
-ConfigSpec = Union[SparseConfig, dict[str, SparseConfig | None]]
+ConfigSpec = Union[SparseConfig, dict[str, Union[SparseConfig, None]]]
 Handler = Callable[[nn.Module, SparseConfig], nn.Module]
 _HANDLERS: dict[type, Handler] = {}
 

@@ -12,12 +12,12 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from sparse24.train.loop import TrainConfig, Trainer
-from sparse24.train.recipe import load_recipe
 from torch.func import functional_call
 
 from sparse24.api import sparse_modules, sparsify
 from sparse24.masks import transposable_mask_24
+from sparse24.train.loop import TrainConfig, Trainer
+from sparse24.train.recipe import load_recipe
 
 LR, CLIP, BETAS, WD, EPS = 3e-3, 0.5, (0.9, 0.95), 0.1, 1e-8
 
