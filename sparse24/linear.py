@@ -81,6 +81,7 @@ class SparseLinear(nn.Module):
         self.conv1d = False  # converted from GPT-2's Conv1D (weight stored [in, out]): saved back in that layout
         self._packed: tuple | None = None  # (key, prepared) for packing backends
         self._plans: dict[torch.dtype, Plan | Exception] = {}
+        self._plan_key: tuple | None = None  # (device, dtype) the plans were resolved for
         self._backend = backend or self.config.backend
         self.reset_parameters()
         if self.weight.device.type != "meta":  # from_dense builds on meta, then resolves on the real device
@@ -147,7 +148,8 @@ class SparseLinear(nn.Module):
         self._packed = None
         w = self.weight
         fp8 = bool(getattr(self.config, "fp8", False))
-        dtypes = [w.dtype] + [d for d in AUTOCAST_DTYPES if w.dtype == torch.float32]
+        mixed = w.dtype in (torch.float32, *AUTOCAST_DTYPES)  # autocast may run these in either 16-bit dtype
+        dtypes = [w.dtype] + [d for d in AUTOCAST_DTYPES if mixed and d != w.dtype]
         plans: dict[torch.dtype, Plan | Exception] = {}
         for dt in dtypes:
             try:
@@ -156,7 +158,7 @@ class SparseLinear(nn.Module):
                 plans[dt] = e
         if all(isinstance(p, Exception) for p in plans.values()):
             raise plans[w.dtype]
-        self._plans = plans
+        self._plans, self._plan_key = plans, (w.device, w.dtype)
 
     def _apply(self, fn, recurse: bool = True):
         out = super()._apply(fn, recurse)
@@ -165,6 +167,8 @@ class SparseLinear(nn.Module):
 
     def plan(self, dtype: torch.dtype | None = None) -> Plan:
         """The resolved plan for compute dtype ``dtype`` (default: the weight's)."""
+        if self._plan_key != (self.weight.device, self.weight.dtype):  # parameters swapped in without _apply
+            self._resolve()  # (load_state_dict(assign=True) onto a meta-built layer): once, then the key matches
         p = self._plans.get(dtype or self.weight.dtype)
         if p is None:
             raise TypeError(f"SparseLinear has no plan for compute dtype {dtype}; the weight is {self.weight.dtype}: "

@@ -344,8 +344,9 @@ def test_load_sparse_generate_matches_the_masked_dense_model(tmp_path, tiny_llam
 
 
 def test_small_m_runs_dense_on_the_cached_weight(counting_backend):
-    from sparse24.backends import DENSE, Plan
     from sparse24.kernels.backends import Prepared
+
+    from sparse24.backends import DENSE, Plan
 
     class PackingCounting(type(counting_backend)):
         def prepare(self, w):
@@ -366,3 +367,16 @@ def test_small_m_runs_dense_on_the_cached_weight(counting_backend):
             x = torch.randn(t, 16)
             torch.testing.assert_close(sl(x), F.linear(x, sl.sparse_weight(), sl.bias))
     assert len(calls) == 1 and be.packs_made == 1  # W̃ built once, shared by the dense decode path
+
+
+def test_meta_built_layer_resolves_after_assign_load():
+    src = SparseLinear.from_dense(nn.Linear(16, 8), SRSTEConfig())
+    with torch.device("meta"):
+        sl = SparseLinear(16, 8, config=SRSTEConfig())
+    sl.load_state_dict(src.state_dict(), assign=True)  # gpt-fast style loading: no _apply
+    x = torch.randn(3, 16)
+    torch.testing.assert_close(sl(x), src(x))
+    assert sl.plan().backend.info.name == "dense" and sl._plan_key == (torch.device("cpu"), torch.float32)
+    bf = SparseLinear.from_dense(nn.Linear(16, 8, dtype=torch.bfloat16), SRSTEConfig())
+    with torch.autocast("cpu", dtype=torch.float16):  # a 16-bit layer under the other 16-bit autocast dtype
+        assert bf(torch.randn(3, 16)).dtype == torch.float16
