@@ -82,6 +82,7 @@ class SparseLinear(nn.Module):
         self._packed: tuple | None = None  # (key, prepared) for packing backends
         self._plans: dict[torch.dtype, Plan | Exception] = {}
         self._plan_key: tuple | None = None  # (device, dtype) the plans were resolved for
+        self._rank = 0  # data-parallel rank: every rank draws its own MVUE samples
         self._backend = backend or self.config.backend
         self.reset_parameters()
         if self.weight.device.type != "meta":  # from_dense builds on meta, then resolves on the real device
@@ -159,6 +160,8 @@ class SparseLinear(nn.Module):
         if all(isinstance(p, Exception) for p in plans.values()):
             raise plans[w.dtype]
         self._plans, self._plan_key = plans, (w.device, w.dtype)
+        dist = torch.distributed
+        self._rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0  # own MVUE stream
 
     def _apply(self, fn, recurse: bool = True):
         out = super()._apply(fn, recurse)
@@ -279,7 +282,7 @@ class SparseLinear(nn.Module):
         cfg = self.config
         mvue = None
         if getattr(cfg, "mvue", False) and torch.is_grad_enabled():
-            mvue = (self.seed, self.mvue_offset)
+            mvue = (self.seed + 1_000_003 * self._rank, self.mvue_offset)
             self.mvue_offset = (self.mvue_offset + 2 * self.out_features * (x.numel() // self.in_features + 3)) % 2**31
         decay = cfg.decay if isinstance(cfg, SRSTEConfig) and cfg.decay_placement == "autograd" else 0.0
         return SparseMatmul.apply(x, self.weight, bias, backend, prepared, mvue, plan.fp8_simulated, decay,
