@@ -32,9 +32,10 @@ def bench(fn: Callable[[], object], device: str, smoke: bool = False) -> tuple[f
 
         q = do_bench(fn, warmup=5 if smoke else 10, rep=10 if smoke else 40, quantiles=[0.2, 0.5, 0.8])
         return float(q[0]), float(q[1]), float(q[2])
-    fn()  # warm-up (and the interpreter's first trace)
+    if not smoke:
+        fn()  # warm-up (smoke runs check the script, not the speed: no warm-up, two timed runs)
     ts = []
-    for _ in range(3 if smoke else 10):
+    for _ in range(2 if smoke else 10):
         t0 = time.perf_counter()
         fn()
         ts.append((time.perf_counter() - t0) * 1e3)
@@ -109,7 +110,7 @@ def common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     parser.add_argument("--shapes", nargs="*", default=None, help="shape ids from benchmarks/shapes.py (default all)")
     parser.add_argument("--tokens", nargs="*", type=int, default=None, help="M values (default shapes.TOKENS)")
-    parser.add_argument("--out-dir", type=Path, default=RESULTS, help="folder for <op>_<device>.csv")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS, help="folder for <op>_<dtype>_<device>.csv")
 
 
 def device_for(args: argparse.Namespace) -> str:
@@ -122,8 +123,13 @@ def device_for(args: argparse.Namespace) -> str:
     return "cpu"
 
 
+def csv_path(args: argparse.Namespace, op: str, device: str) -> Path:
+    """``<out-dir>/<op>_<dtype>_<device>.csv``: one file per run of one script."""
+    return args.out_dir / f"{op}_{args.dtype}_{device}.csv"
+
+
 def finish(args: argparse.Namespace, op: str, device: str, rows: list[dict[str, object]], metric: str) -> int:
-    path = write_csv(args.out_dir / f"{op}_{device}.csv", rows)
+    path = write_csv(csv_path(args, op, device), rows)
     print_table(rows, metric)
     print(f"wrote {path}")
     return 0

@@ -24,7 +24,7 @@ from benchmarks import shapes as S  # noqa: E402
 
 def cases(w: torch.Tensor):
     """(op, triton fn, reference fn, bytes moved) for one weight ``w``."""
-    from sparse24.kernels import compress24, fp8_cast, mask24, masked_decay, mvue24, soft_threshold, transposable_mask
+    from sparse24.kernels import fp8_cast, mask24, masked_decay, mvue, pack_cutlass, soft_threshold, transposable_mask
 
     from sparse24.masks import magnitude_mask_24
 
@@ -36,16 +36,16 @@ def cases(w: torch.Tensor):
         ("mask24", lambda: mask24.mask24(w), lambda: mask24.mask24_ref(w), n * (2 * e + 1)),
         ("transposable_mask", lambda: transposable_mask.transposable_mask(w),
          lambda: transposable_mask.transposable_mask_ref(w), n * (2 * e + 1)),
-        ("soft_threshold24", lambda: soft_threshold.soft_threshold24(w, beta),
-         lambda: soft_threshold.soft_threshold24_ref(w, beta), 2 * n * e),
-        ("mvue24", lambda: mvue24.mvue24(w, 0), lambda: mvue24.mvue24_ref(w, 0), 2 * n * e),
-        ("masked_decay", lambda: masked_decay.masked_decay_(g, w, mask, 1e-4),
+        ("soft_threshold", lambda: soft_threshold.soft_threshold_triton(w, beta),
+         lambda: soft_threshold.soft_threshold_ref(w, beta), 2 * n * e),
+        ("mvue", lambda: mvue.mvue_triton(w, 0), lambda: mvue.mvue_ref(w, 0), 2 * n * e),
+        ("masked_decay", lambda: masked_decay.masked_decay_triton_(g, w, mask, 1e-4),
          lambda: masked_decay.masked_decay_ref_(g, w, mask, 1e-4), n * (3 * e + 1)),
         ("fp8_cast", lambda: fp8_cast.fp8_cast(w), lambda: fp8_cast.fp8_cast_ref(w), n * (e + 1)),
     ]
     if w.dtype in (torch.float16, torch.bfloat16) and w.shape[0] % 32 == 0 and w.shape[1] % 32 == 0:
-        out.append(("compress24", lambda: compress24.compress24(w24, validate=False),
-                    lambda: compress24.compress24_ref(w24), n * e + n * e // 2 + n // 8))
+        out.append(("pack_cutlass", lambda: pack_cutlass.pack_cutlass_triton(w24, validate=False),
+                    lambda: pack_cutlass.pack_cutlass_ref(w24, validate=False), n * e + n * e // 2 + n // 8))
     return out
 
 
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> tuple[str, list[dict]]:
     shapes = S.SMOKE_SHAPES if args.smoke else [S.get(i) for i in args.shapes] if args.shapes else S.MODEL_SHAPES
     stamp, rows = H.env_stamp(device), []
     for shape in shapes:
-        H.write_csv(args.out_dir / f"kernels_{device}.csv", rows)  # partial: survives a timeout
+        H.write_csv(H.csv_path(args, "kernels", device), rows)  # partial: survives a timeout
         w = torch.randn(shape.wshape, device=device, dtype=dtype)
         dst = torch.empty_like(w)
         q = H.bench(lambda: dst.copy_(w), device, args.smoke)

@@ -1,10 +1,13 @@
-"""``SparseLinear`` forward + backward vs ``nn.Linear`` (the end-to-end cost a training step pays per layer).
+"""``SparseLinear`` forward + backward per method vs ``nn.Linear`` (what one layer costs a training step).
 
-    python benchmarks/bench_linear.py                    # GPU: SR-STE transposable config, every backend
-    python benchmarks/bench_linear.py --smoke            # CPU: nn.Linear vs SparseLinear(dense / triton)
+    python benchmarks/bench_linear.py                    # GPU: every method on the auto backend
+    python benchmarks/bench_linear.py --smoke            # CPU: nn.Linear vs SparseLinear on the contract twin
 
-The timed region is ``y = layer(x); y.backward(gy)``. SparseLinear recompresses its weight on every forward unless
-its caller passes a step key to the backend's ``prepare`` (see kernels/backends.py), so this measures the worst case.
+The timed region is ``y = layer(x); y.backward(gy)``. Two modes per method:
+``micro``: the weight is unchanged between calls (micro-batches of one optimizer step: the packed weight is reused);
+``step``: the weight version is bumped before each call (a step boundary every call: it re-packs, the per-step cost).
+Methods: ``srste-t`` (transposable SR-STE: sparse fwd and ∇X), ``srste-t-mvue`` (+ sparse ∇W), ``sste`` (S-STE:
+sparse fwd), ``sste-mvue``, ``sste-fp8`` (native e4m3 forward where the GPU has it).
 """
 
 from __future__ import annotations
@@ -21,25 +24,38 @@ import torch  # noqa: E402
 from benchmarks import _harness as H  # noqa: E402
 from benchmarks import shapes as S  # noqa: E402
 
-GPU_BACKENDS = ("dense", "cusparselt", "cutlass")
-SMOKE_BACKENDS = ("dense", "triton")
+GPU_BACKENDS = ("auto",)
+SMOKE_BACKENDS = ("cusparselt_contract",)
+MODES = ("micro", "step")
 
 
-def make(provider: str, shape: S.Shape, m: int, dtype: torch.dtype, device: str):
-    from sparse24.backends import BACKENDS
-    from sparse24.config import SRSTEConfig
+def methods() -> dict[str, object]:
+    from sparse24.config import SRSTEConfig, SSTEConfig
+
+    return {"srste-t": SRSTEConfig(transposable=True), "srste-t-mvue": SRSTEConfig(transposable=True, mvue=True),
+            "sste": SSTEConfig(), "sste-mvue": SSTEConfig(mvue=True), "sste-fp8": SSTEConfig(fp8=True)}
+
+
+def make(method: str, backend: str, mode: str, shape: S.Shape, m: int, dtype: torch.dtype, device: str):
+    """The timed step for one configuration, or None when the backend cannot run it here."""
     from sparse24.linear import SparseLinear
 
     lin = torch.nn.Linear(shape.in_features, shape.out_features, device=device, dtype=dtype)
-    if provider != "nn.Linear":
-        name = provider.removeprefix("sparse24-")
-        if BACKENDS[name].check(shape.wshape, dtype, torch.device(device)):
+    if method != "dense":
+        cfg = methods()[method]
+        if backend == "cusparselt_contract" and getattr(cfg, "fp8", False):
+            backend = "cusparselt_fp8_contract"
+        try:
+            lin = SparseLinear.from_dense(lin, cfg, backend=backend)
+        except RuntimeError:
             return None
-        lin = SparseLinear.from_dense(lin, SRSTEConfig(transposable=True), backend=name)
     x = torch.randn(m, shape.in_features, device=device, dtype=dtype, requires_grad=True)
     gy = torch.randn(m, shape.out_features, device=device, dtype=dtype)
 
     def step():
+        if mode == "step":
+            with torch.no_grad():
+                lin.weight.add_(0)  # in place: bumps the version, as optimizer.step() does
         lin(x).backward(gy)
 
     return step
@@ -47,23 +63,24 @@ def make(provider: str, shape: S.Shape, m: int, dtype: torch.dtype, device: str)
 
 def run(args: argparse.Namespace) -> tuple[str, list[dict]]:
     device = H.device_for(args)
-    import sparse24.kernels.backends  # noqa: F401  (registers the GPU/Triton backends)
-
     dtype = H.DTYPES[args.dtype]
-    shapes = S.SMOKE_SHAPES if args.smoke else [S.get(i) for i in args.shapes] if args.shapes else S.MODEL_SHAPES
-    tokens = args.tokens or (S.SMOKE_TOKENS if args.smoke else S.TOKENS[2:])
+    shapes = S.SMOKE_SHAPES if args.smoke else [S.get(i) for i in args.shapes] if args.shapes else S.GEMM_SHAPES[:3]
+    tokens = args.tokens or (S.SMOKE_TOKENS[-1:] if args.smoke else (4096, 16384))
     backends = SMOKE_BACKENDS if args.smoke else GPU_BACKENDS
-    providers = ("nn.Linear", *(f"sparse24-{b}" for b in backends))
     stamp, rows = H.env_stamp(device), []
+    configs = [("nn.Linear", "dense", "micro")] + [(f"{meth}", b, mode) for meth in methods() for b in backends
+                                                   for mode in MODES]
     for shape in shapes:
-        H.write_csv(args.out_dir / f"linear_{device}.csv", rows)  # partial: survives a timeout
+        H.write_csv(H.csv_path(args, "linear", device), rows)  # partial: survives a timeout
         for m in tokens:
-            for provider in providers:
-                fn = make(provider, shape, m, dtype, device)
+            for meth, backend, mode in configs:
+                fn = make("dense" if meth == "nn.Linear" else meth, backend, mode, shape, m, dtype, device)
                 if fn is None:
                     continue
+                fn()  # warm-up: first pack, alg search
                 q = H.bench(fn, device, args.smoke)
                 flop = 6.0 * m * shape.out_features * shape.in_features  # fwd + dX + dW, dense-equivalent
+                provider = meth if meth == "nn.Linear" else f"{meth}/{backend}/{mode}"
                 rows.append(H.row("linear_fwd_bwd", provider, shape.id, m, args.dtype, "ms", q, stamp))
                 rows.append(H.row("linear_fwd_bwd", provider, shape.id, m, args.dtype, "TFLOPS",
                                   H.tflops(q, flop), stamp))

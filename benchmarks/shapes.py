@@ -36,7 +36,15 @@ MODEL_SHAPES: tuple[Shape, ...] = (
     Shape("gpt2-mlp-proj", 768, 3072),
     Shape("vitl-mlp-fc1", 4096, 1024),
     Shape("vitl-mlp-fc2", 1024, 4096),
+    # Llama-3-70B: hidden 8192, MLP 28672, GQA with 8 kv heads of 128 (k/v = 1024)
+    Shape("llama3-70b-attn-qo", 8192, 8192, "q/o projections"),
+    Shape("llama3-70b-attn-kv", 1024, 8192, "k/v projections (GQA)"),
+    Shape("llama3-70b-mlp-up", 28672, 8192, "up and gate projections"),
+    Shape("llama3-70b-mlp-down", 8192, 28672),
 )
+GEMM_SHAPES: tuple[Shape, ...] = tuple(s for s in MODEL_SHAPES if s.id in (
+    "llama2-7b-mlp-up", "llama2-7b-mlp-down", "llama3-8b-attn-qo", "llama3-8b-mlp-up", "llama3-70b-mlp-up",
+    "llama3-70b-mlp-down"))  # the run_gpu.sh grid: 7B/8B/70B MLP and attention projections
 
 TEST_SHAPES: tuple[Shape, ...] = (
     Shape("single-group", 1, 4, "one group of 4"),
@@ -48,6 +56,7 @@ TEST_SHAPES: tuple[Shape, ...] = (
 )
 
 TOKENS: tuple[int, ...] = (1, 16, 64, 256, 1024, 4096, 16384)  # M = tokens per GEMM (decode ... long prefill)
+GEMM_TOKENS: tuple[int, ...] = (16, 256, 2048, 8192, 16384)
 SMOKE_SHAPES: tuple[Shape, ...] = (Shape("smoke", 32, 64),)
 SMOKE_TOKENS: tuple[int, ...] = (1, 16)
 

@@ -5,19 +5,30 @@ Contract
   The last dim needs no multiple of 4 (the op is elementwise). Offsets are int64.
 - Dtypes: float32, float16, bfloat16. The sum ``g + λ·w`` is formed in float32 and rounded once to the dtype.
 - In place: ``g`` is updated and returned; its ``_version`` is bumped like ``Tensor.add_`` would.
-- Matches ``g.add_(w * ~mask, alpha=λ)`` (what :func:`sparse24.api.apply_masked_decay` does for
-  ``decay_placement="grad"``) to within one rounding of the dtype (a GPU may contract ``g + λ·w`` into one FMA).
-- Replaces: ``g.add_(w * ~mask, alpha=λ)`` (two extra full-size temporaries per layer per step).
+- Matches :func:`masked_decay_ref_` (``g.add_(w * ~mask, alpha=λ)``) to within one rounding of the dtype (a GPU may
+  contract ``g + λ·w`` into one FMA).
+- Called on CUDA through the op :func:`masked_decay_` by :func:`sparse24.apply_masked_decay`
+  (``decay_placement="grad"``) and by ``SparseMatmul``'s backward (``"autograd"``); replaces two full-size
+  temporaries per layer per step.
 - Speed: not yet measured on a GPU.
 """
 
 from __future__ import annotations
 
 import torch
-from sparse24.kernels._utils import cdiv, check_input, is_interpreter, launch_device_ok, round_to, tl, triton
+from sparse24.kernels._utils import (
+    HAS_TRITON,
+    cdiv,
+    check_input,
+    is_interpreter,
+    launch_device_ok,
+    round_to,
+    tl,
+    triton,
+)
 from torch import Tensor
 
-__all__ = ["masked_decay_", "masked_decay_ref_"]
+__all__ = ["masked_decay_", "masked_decay_triton_", "masked_decay_ref_"]
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -33,8 +44,8 @@ def _masked_decay_kernel(g_ptr, w_ptr, m_ptr, lam, N, BLOCK: tl.constexpr):
     tl.store(g_ptr + offs, round_to(upd, g.dtype), mask=ok)
 
 
-def _check(g: Tensor, w: Tensor, mask: Tensor) -> None:
-    check_input("masked_decay_", g, "g", DTYPES, last_multiple=1)
+def _check(g: Tensor, w: Tensor, mask: Tensor, dtypes: tuple[torch.dtype, ...] = DTYPES) -> None:
+    check_input("masked_decay_", g, "g", dtypes, last_multiple=1)
     if not isinstance(w, Tensor) or w.shape != g.shape or w.dtype != g.dtype:
         raise ValueError(f"masked_decay_: w must match g in shape and dtype ({tuple(g.shape)}, {g.dtype}), "
                          f"got {tuple(getattr(w, 'shape', ()))}, {getattr(w, 'dtype', type(w).__name__)}")
@@ -47,8 +58,8 @@ def _check(g: Tensor, w: Tensor, mask: Tensor) -> None:
         raise ValueError(f"masked_decay_: g, w, mask must share a device, got {g.device}, {w.device}, {mask.device}")
 
 
-def masked_decay_(g: Tensor, w: Tensor, mask: Tensor, lam: float) -> Tensor:
-    """``g += lam · (1 − mask) ⊙ w`` in place; returns ``g``."""
+def masked_decay_triton_(g: Tensor, w: Tensor, mask: Tensor, lam: float) -> Tensor:
+    """Triton launcher: ``g += lam · (1 − mask) ⊙ w`` in place; returns ``g``."""
     _check(g, w, mask)
     launch_device_ok("masked_decay_", _masked_decay_kernel, g)
     if not g.is_contiguous():
@@ -64,6 +75,14 @@ def masked_decay_(g: Tensor, w: Tensor, mask: Tensor, lam: float) -> Tensor:
 
 
 def masked_decay_ref_(g: Tensor, w: Tensor, mask: Tensor, lam: float) -> Tensor:
-    """Pure torch reference, in place: exactly what :func:`sparse24.api.apply_masked_decay` does."""
-    _check(g, w, mask)
+    """Pure torch reference, in place (any floating dtype, float64 included)."""
+    _check(g, w, mask, (*DTYPES, torch.float64))
     return g.add_(w * ~mask.bool(), alpha=lam)
+
+
+def masked_decay_(g: Tensor, w: Tensor, mask: Tensor, lam: float) -> Tensor:
+    """The op (SR-STE's decay in :func:`sparse24.apply_masked_decay` and in ``SparseMatmul``'s backward): the fused
+    kernel on CUDA for a contiguous ``g``, the reference elsewhere."""
+    if g.is_cuda and HAS_TRITON and g.is_contiguous():
+        return masked_decay_triton_(g, w, mask, lam)
+    return masked_decay_ref_(g, w, mask, lam)

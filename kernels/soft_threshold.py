@@ -9,7 +9,8 @@ Contract
   shrunk magnitude ``|a| − t`` is rounded to the input dtype, then multiplied by ``β`` cast to the input dtype.
   The result equals the reference bit for bit (``-0.0`` and ``0.0`` compare equal).
 - Tie rule: none needed (continuous map); when ranks 2 and 3 tie, both entries become 0, so a group can keep < 2.
-- Replaces: ``sparse24.masks.soft_threshold_24(w) * beta.to(w.dtype)`` (the forward of ``SoftThresholdSTE``).
+- Replaces: ``sparse24.masks.soft_threshold_24(w) * beta.to(w.dtype)`` when ``SparseLinear`` packs an S-STE weight
+  (through the op :func:`soft_threshold`, on CUDA).
 - Speed: not yet measured on a GPU.
 - Block sizes: memory bound; fixed 16 rows x 64 groups per program (no autotune).
 """
@@ -17,12 +18,12 @@ Contract
 from __future__ import annotations
 
 import torch
-from sparse24.kernels._utils import cdiv, check_input, launch_device_ok, round_to, rows_view, tl, triton
+from sparse24.kernels._utils import HAS_TRITON, cdiv, check_input, launch_device_ok, round_to, rows_view, tl, triton
 from torch import Tensor
 
 from sparse24.masks import soft_threshold_24
 
-__all__ = ["soft_threshold24", "soft_threshold24_ref"]
+__all__ = ["soft_threshold", "soft_threshold_triton", "soft_threshold_ref"]
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -63,16 +64,16 @@ def _beta_tensor(beta: Tensor | float | None, device: torch.device) -> Tensor:
     if not isinstance(beta, Tensor):
         return torch.tensor([float(beta)], dtype=torch.float32, device=device)
     if beta.numel() != 1:
-        raise ValueError(f"soft_threshold24: beta must hold one value (per-tensor β), got shape {tuple(beta.shape)}")
+        raise ValueError(f"soft_threshold: beta must hold one value (per-tensor β), got shape {tuple(beta.shape)}")
     if beta.device != device:
-        raise ValueError(f"soft_threshold24: beta is on {beta.device} but w is on {device}; move beta with .to()")
+        raise ValueError(f"soft_threshold: beta is on {beta.device} but w is on {device}; move beta with .to()")
     return beta.reshape(1).float()
 
 
-def soft_threshold24(w: Tensor, beta: Tensor | float | None = None) -> Tensor:
-    """``β · S(w)``: S-STE's continuous 2:4 projection, scaled by the fixed per-tensor ``β``."""
-    check_input("soft_threshold24", w, "w", DTYPES)
-    launch_device_ok("soft_threshold24", _soft_threshold_kernel, w)
+def soft_threshold_triton(w: Tensor, beta: Tensor | float | None = None) -> Tensor:
+    """Triton launcher: ``β · S(w)``: S-STE's continuous 2:4 projection, scaled by the fixed per-tensor ``β``."""
+    check_input("soft_threshold", w, "w", DTYPES)
+    launch_device_ok("soft_threshold", _soft_threshold_kernel, w)
     b = _beta_tensor(beta, w.device)
     w2 = rows_view(w)
     out = torch.empty_like(w2)
@@ -84,7 +85,14 @@ def soft_threshold24(w: Tensor, beta: Tensor | float | None = None) -> Tensor:
     return out.reshape(w.shape)
 
 
-def soft_threshold24_ref(w: Tensor, beta: Tensor | float | None = None) -> Tensor:
+def soft_threshold_ref(w: Tensor, beta: Tensor | float | None = None) -> Tensor:
     """Pure torch reference: the core :func:`sparse24.masks.soft_threshold_24` times ``β`` in the weight dtype."""
     b = _beta_tensor(beta, w.device)
     return soft_threshold_24(w) * b.reshape(()).to(w.dtype)
+
+
+def soft_threshold(w: Tensor, beta: Tensor | float | None = None) -> Tensor:
+    """The op (what ``SparseLinear`` calls for S-STE): the fused kernel on CUDA, the reference elsewhere."""
+    if w.is_cuda and HAS_TRITON:
+        return soft_threshold_triton(w, beta)
+    return soft_threshold_ref(w, beta)

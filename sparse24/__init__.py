@@ -12,7 +12,7 @@ from sparse24.api import (  # noqa: E402
     unsparsify,
     update_masks,
 )
-from sparse24.backends import BackendInfo, register_backend, select_backend  # noqa: E402
+from sparse24.backends import BackendInfo, Plan, register_backend, resolve, select_backend  # noqa: E402
 from sparse24.compress import check_24, pack_24_disk, unpack_24_disk  # noqa: E402
 from sparse24.config import MagnitudeConfig, SparseConfig, SRSTEConfig, SSTEConfig  # noqa: E402
 from sparse24.io import load_sparse, read_sparse24_config, save_sparse  # noqa: E402
@@ -31,7 +31,7 @@ from sparse24.tracking import FlipTracker  # noqa: E402
 
 __all__ = [
     "__version__", "sparsify", "unsparsify", "register_handler", "sparse_modules", "update_masks",
-    "apply_masked_decay", "set_dense_finetune", "BackendInfo", "register_backend", "select_backend",
+    "apply_masked_decay", "set_dense_finetune", "BackendInfo", "Plan", "register_backend", "resolve", "select_backend",
     "check_24", "pack_24_disk", "unpack_24_disk", "MagnitudeConfig", "SparseConfig", "SRSTEConfig", "SSTEConfig",
     "load", "register_loader", "load_sparse", "read_sparse24_config", "save_sparse", "SparseLinear", "is_24",
     "magnitude_mask_24", "mvue_24",

@@ -201,7 +201,9 @@ def apply_masked_decay(model: nn.Module, lr: float | None = None, scale: float =
             continue
         w = m.weight
         if cfg.decay_placement == "grad" and lr is None and w.grad is not None:
-            w.grad.add_(w * ~m.mask, alpha=cfg.decay * scale)
+            from sparse24.kernels.masked_decay import masked_decay_  # lazy: kernels import triton
+
+            masked_decay_(w.grad, w.detach(), m.mask, cfg.decay * scale)  # fused kernel on CUDA
         elif cfg.decay_placement == "weight" and lr is not None:
             w.sub_(w * ~m.mask, alpha=lr * cfg.decay * scale)
 

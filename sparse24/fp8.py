@@ -19,7 +19,7 @@ FP8_MAX = {torch.float8_e4m3fn: 448.0, torch.float8_e5m2: 57344.0}
 def fp8_quantize(
     x: Tensor, dtype: torch.dtype = torch.float8_e4m3fn, granularity: Literal["tensor", "row"] = "tensor"
 ) -> tuple[Tensor, Tensor]:
-    """Return ``(q, scale)`` with ``q`` in ``dtype`` and float32 ``scale`` (``[]`` per tensor, ``[rows, 1]`` per row)."""
+    """``(q, scale)``: ``q`` in ``dtype``, float32 ``scale`` (``[]`` per tensor, ``[rows, 1]`` per row)."""
     if dtype not in FP8_MAX:
         raise ValueError(f"fp8 dtype must be torch.float8_e4m3fn or torch.float8_e5m2, not {dtype}")
     if not x.is_floating_point():

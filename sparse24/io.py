@@ -53,7 +53,8 @@ log = logging.getLogger("sparse24")
 FORMAT_VERSION = 2  # 2: loader, producing method, per-module configs, integrity record
 CONFIG_NAME = "sparse24_config.json"
 COMPRESSED_NAME = "sparse24_compressed.safetensors"
-SPARSE24_BUFFERS = ("mask", "beta", "scale", "step", "dense_mode")  # SparseLinear state, not in the HF layout
+# SparseLinear state that is not part of the HF layout (``scale``, ``step``, ``dense_mode``: older checkpoints)
+SPARSE24_BUFFERS = ("mask", "beta", "_extra_state", "scale", "step", "dense_mode")
 KIND = ("inference export: effective 2:4 weights only (no dense latent weights, S-STE beta, step counter or optimizer "
         "state); to continue training, resume from the trainer's checkpoints (sparse24 train --resume)")
 _CONFIG_FIX = ("re-save the checkpoint with sparse24, or delete sparse24_config.json to load the folder as a plain HF "

@@ -181,7 +181,8 @@ def test_mvue_generator_reproducible():
 @given(rows=st.integers(1, 9), groups=st.integers(1, 9), seed=st.integers(0, 2**31 - 1), ties=st.booleans())
 def test_property_magnitude_exact_two_and_maximal(rows, groups, seed, ties):
     g = torch.Generator().manual_seed(seed)
-    w = torch.randint(-3, 4, (rows, 4 * groups), generator=g).float() if ties else torch.randn(rows, 4 * groups, generator=g)
+    shape = (rows, 4 * groups)
+    w = torch.randint(-3, 4, shape, generator=g).float() if ties else torch.randn(shape, generator=g)
     m = magnitude_mask_24(w)
     assert (m.reshape(-1, 4).sum(-1) == 2).all()
     kept = (w.abs() * m).reshape(-1, 4).sum(-1)

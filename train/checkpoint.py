@@ -11,7 +11,7 @@ Format (no pickle anywhere: loading a checkpoint cannot run code):
 - ``model.safetensors``: ``model.state_dict()`` (tied tensors stored once, their aliases listed in the JSON);
 - ``trainer_state.safetensors``: every other tensor, by name: ``optimizer/<param id>/<key>``,
   ``tracker/initial/<layer>``, ``tracker/previous/<layer>``, ``rank<r>/torch_rng``, ``rank<r>/cuda_rng/<device>``,
-  ``rank<r>/numpy_mt``, ``rank<r>/generator/<layer>``;
+  ``rank<r>/numpy_mt`` (each layer's MVUE stream position is in the JSON);
 - ``trainer_state.json`` (written last, inside the atomic folder): step, tokens, world size, the optimizer's
   ``param_groups`` and non-tensor state, the scheduler state, Python's and NumPy's scalar RNG state, tensor aliases;
 - ``run.json``: the run description; resuming compares it with the new run and refuses a difference, naming each.
@@ -128,7 +128,7 @@ def save_checkpoint(trainer: Trainer, folder: str | Path) -> Path | None:
 
     acc, model = trainer.accelerator, trainer.unwrapped
     rng_meta, rng_tensors = _rng_state()
-    rng_tensors.update({f"generator/{fqn}": m.generator().get_state() for fqn, m in sparse_modules(model)})
+    rng_meta["mvue_offsets"] = {fqn: int(m.mvue_offset) for fqn, m in sparse_modules(model)}  # MVUE stream positions
     mine = {"meta": rng_meta, "tensors": {k: v.cpu() for k, v in rng_tensors.items()}}
     per_rank = gather_object([mine]) if acc.num_processes > 1 else [mine]  # in-process exchange, never a file
     if not acc.is_main_process:
@@ -255,7 +255,7 @@ def apply_checkpoint(trainer: Trainer, ckpt: Checkpoint) -> None:
     mine = {k[len(rank):]: v for k, v in t.items() if k.startswith(rank)}
     _set_rng_state(meta["rng"][acc.process_index], mine)
     for fqn, m in sparse_modules(model):
-        m.generator().set_state(mine[f"generator/{fqn}"])
+        m.mvue_offset = meta["rng"][acc.process_index]["mvue_offsets"][fqn]
 
 
 def load_checkpoint(trainer: Trainer, folder: str | Path) -> None:

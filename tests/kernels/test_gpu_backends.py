@@ -12,12 +12,13 @@ from tolerances import MATMUL_ERR_FACTOR
 
 from sparse24.backends import BACKENDS, select_backend
 from sparse24.config import SRSTEConfig
+from sparse24.fp8 import fp8_qdq
 from sparse24.linear import SparseLinear
 from sparse24.masks import magnitude_mask_24, transposable_mask_24
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
-NAMES = ["cusparselt", "cutlass", "triton", "cusparselt_fp8"]
+NAMES = ["cusparselt", "cutlass", "cusparselt_fp8"]
 SHAPES = [(256, 512), (1024, 768)]
 
 
@@ -49,12 +50,18 @@ def test_backend_vs_dense(name, shape, tokens, dtype):
     y, gx = be.linear(x, p, bias), be.grad_input(gy, p)
     ref_y = x.double() @ w.double().t() + bias.double()
     ref_gx = gy.double() @ w.double()
-    dense_y_err = _rel(torch.nn.functional.linear(x, w, bias), ref_y)
     dense_gx_err = _rel(gy @ w, ref_gx)
     assert y.shape == (tokens, shape[0]) and gx.shape == (tokens, shape[1])
-    factor = 40.0 if name == "cusparselt_fp8" else MATMUL_ERR_FACTOR  # e4m3 has 3 mantissa bits (vs 7-10)
-    assert _rel(y, ref_y) <= factor * dense_y_err + 1e-6
+    if name == "cusparselt_fp8":  # compare with the FP8-simulated product (same quantised operands), not fp16's error
+        sim = fp8_qdq(x.float()) @ fp8_qdq(w.float()).t() + bias.float()
+        assert _rel(y, sim.double()) <= 2 * _rel(sim.to(dtype), sim.double()) + 1e-2
+    else:
+        assert _rel(y, ref_y) <= MATMUL_ERR_FACTOR * _rel(torch.nn.functional.linear(x, w, bias), ref_y) + 1e-6
     assert _rel(gx, ref_gx) <= MATMUL_ERR_FACTOR * dense_gx_err + 1e-6
+    x2 = torch.randn(tokens, 7, shape[1], device="cuda", dtype=dtype)[:, 3]  # sliced input: the boundary copies it
+    if name != "cusparselt_fp8":
+        torch.testing.assert_close(be.linear(x2, p, None), torch.nn.functional.linear(x2.contiguous(), w),
+                                   rtol=2e-2, atol=2e-2)
 
 
 def test_non_transposable_mask_runs_grad_input_dense():
@@ -88,17 +95,18 @@ def test_training_step_equivalence(name):
 
 def test_alg_id_guard_and_cache(tmp_path):
     _usable("cusparselt", (1024, 1024), torch.float16)
-    from sparse24.kernels.cslt_search import AlgCache, cslt_alg_id
+    from sparse24.kernels.cslt_search import AlgCache, cslt_config
 
     w = torch.randn(1024, 1024, device="cuda", dtype=torch.float16)
     w = w * magnitude_mask_24(w)
     packed = torch._cslt_compress(w)
     cache = AlgCache(tmp_path / "algs.json")
-    alg = cslt_alg_id(packed, w, 512, cache=cache)
-    assert alg >= 0, "no cuSPARSELt algorithm passed the correctness guard"
-    assert len(cache._load()) == 1 and AlgCache(tmp_path / "algs.json").get(next(iter(cache._load()))) == alg
+    cfg = cslt_config(packed, w, 512, cache=cache)
+    assert cfg[0] >= 0, "no cuSPARSELt algorithm passed the correctness guard"
+    assert len(cache._load()) == 1 and AlgCache(tmp_path / "algs.json").get(next(iter(cache._load()))) == cfg
     x = torch.randn(512, 1024, device="cuda", dtype=torch.float16)
-    y = torch._cslt_sparse_mm(packed, x.t(), transpose_result=True, alg_id=alg)
+    kw = {"split_k": cfg[1], "split_k_mode": cfg[2]} if cfg[1] != 1 else {}
+    y = torch._cslt_sparse_mm(packed, x.t(), transpose_result=True, alg_id=cfg[0], **kw)
     ref = x.double() @ w.double().t()
     assert _rel(y, ref) <= MATMUL_ERR_FACTOR * _rel(x @ w.t(), ref) + 1e-6
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from sparse24.kernels.masked_decay import masked_decay_, masked_decay_ref_
+from sparse24.kernels.masked_decay import masked_decay_ref_, masked_decay_triton_
 from tolerances import tol
 
 from benchmarks.shapes import pytest_params
@@ -22,7 +22,7 @@ def test_matches_reference(shape, dtype, device):
     lam = 2e-2
     got = g.clone()
     ptr, version = got.data_ptr(), got._version
-    out = masked_decay_(got, w, mask, lam)
+    out = masked_decay_triton_(got, w, mask, lam)
     assert out is got and got.data_ptr() == ptr and got._version > version  # in place
     ref = masked_decay_ref_(g.clone(), w, mask, lam)
     rtol, atol = tol("masked_decay", dtype)
@@ -33,12 +33,12 @@ def test_matches_reference(shape, dtype, device):
 def test_uint8_mask_and_zero_lambda(device):
     w, g = torch.randn(4, 7, device=device), torch.randn(4, 7, device=device)
     m = torch.rand(4, 7, device=device) > 0.5
-    a = masked_decay_(g.clone(), w, m.to(torch.uint8), 0.1)
+    a = masked_decay_triton_(g.clone(), w, m.to(torch.uint8), 0.1)
     torch.testing.assert_close(a, g + 0.1 * w * ~m)
-    assert torch.equal(masked_decay_(g.clone(), w, m, 0.0), g)
+    assert torch.equal(masked_decay_triton_(g.clone(), w, m, 0.0), g)
 
 
 def test_shape_mismatch_errors(device):
     with pytest.raises(ValueError, match="match g"):
-        masked_decay_(torch.zeros(4, 8, device=device), torch.zeros(4, 4, device=device),
+        masked_decay_triton_(torch.zeros(4, 8, device=device), torch.zeros(4, 4, device=device),
                       torch.zeros(4, 8, dtype=torch.bool, device=device), 0.1)

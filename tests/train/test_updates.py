@@ -148,7 +148,7 @@ def test_sste_matches_reference_with_fixed_beta(tiny_llama, recipe):
         beta0 = (w0 * _soft(w0)).sum() / (_soft(w0) ** 2).sum()
         w = m.weight.detach()
         beta_now = (w * _soft(w)).sum() / (_soft(w) ** 2).sum()
-        assert torch.isclose(m.scale, beta0.float(), rtol=1e-6) and not torch.isclose(m.scale, beta_now, rtol=1e-5)
+        assert torch.isclose(m.beta, beta0.float(), rtol=1e-6) and not torch.isclose(m.beta, beta_now, rtol=1e-5)
 
 
 def test_mvue_weight_gradient_is_unbiased():

@@ -1,5 +1,7 @@
 """MVUE 2:4 sampling: an unbiased random 2:4 tensor ``Z`` with ``E[Z] = x`` (approximate MVUE of Chmiel et al.).
 
+``mvue`` (the op: kernel on CUDA, reference elsewhere), ``mvue_triton`` (launcher of ``_mvue_kernel``), ``mvue_ref``.
+
 Contract
 - Layout: any contiguous ``[..., C]``, groups of 4 along the last dim, ``C % 4 == 0`` (for ``∇Yᵀ`` ``[out, T]`` pad T
   to a multiple of 4 first, as :func:`sparse24.ste.mvue_token_grad` does).
@@ -9,7 +11,7 @@ Contract
   positions, ``p`` the exact inclusion probabilities (:func:`sparse24.masks.mvue_inclusion_probs`). ``S − a_i`` is
   the sum of the other three (no cancellation). Exactly 2 kept per group.
 - Randomness: Philox via ``tl.rand(seed, offset + 2·group + {0, 1})``. The same ``(seed, offset)`` gives the same
-  sample; advance ``offset`` by ``2 · numel/4`` (the value :func:`mvue24` returns as ``next_offset``) for a fresh
+  sample; advance ``offset`` by ``2 · numel/4`` (the value :func:`mvue` returns as ``next_offset``) for a fresh
   stream. Group ids are int32: at most 2**30 groups per call.
 - Not bit-exact with the reference (a different random stream; the reference divides in the input dtype): tested
   statistically (unbiased mean, keep frequencies = ``p``, kept values = ``x/p``).
@@ -20,12 +22,22 @@ Contract
 from __future__ import annotations
 
 import torch
-from sparse24.kernels._utils import cdiv, check_input, is_interpreter, launch_device_ok, round_to, rows_view, tl, triton
+from sparse24.kernels._utils import (
+    HAS_TRITON,
+    cdiv,
+    check_input,
+    is_interpreter,
+    launch_device_ok,
+    round_to,
+    rows_view,
+    tl,
+    triton,
+)
 from torch import Tensor
 
 from sparse24.masks import MVUE_EPS, mvue_24
 
-__all__ = ["mvue24", "mvue24_ref"]
+__all__ = ["mvue", "mvue_triton", "mvue_ref"]
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -42,8 +54,8 @@ def _out(x, k, i, j, p):
     return round_to(tl.where(keep, x.to(tl.float32) / p, 0.0), x.dtype)
 
 
-@triton.jit
-def _mvue24_kernel(x_ptr, out_ptr, NG, seed, offset, BLOCK: tl.constexpr, EPS: tl.constexpr):
+@triton.jit(do_not_specialize=["seed", "offset"])  # a new offset every call must not recompile
+def _mvue_kernel(x_ptr, out_ptr, NG, seed, offset, BLOCK: tl.constexpr, EPS: tl.constexpr):
     g = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)  # [B] group ids
     ok = g < NG
     base = g.to(tl.int64) * 4
@@ -74,25 +86,32 @@ def _mvue24_kernel(x_ptr, out_ptr, NG, seed, offset, BLOCK: tl.constexpr, EPS: t
     tl.store(out_ptr + base + 3, _out(x3, 3, i, j, p3), mask=ok)
 
 
-def mvue24(x: Tensor, seed: int, offset: int = 0) -> tuple[Tensor, int]:
-    """Return ``(Z, next_offset)``: an unbiased 2:4 sample of ``x`` and the offset for the next independent call."""
-    check_input("mvue24", x, "x", DTYPES)
-    launch_device_ok("mvue24", _mvue24_kernel, x)
+def mvue_triton(x: Tensor, seed: int, offset: int = 0) -> tuple[Tensor, int]:
+    """Triton launcher: ``(Z, next_offset)``, an unbiased 2:4 sample of ``x`` and the offset for the next call."""
+    check_input("mvue", x, "x", DTYPES)
+    launch_device_ok("mvue", _mvue_kernel, x)
     if not (0 <= int(seed) < 2**63 and 0 <= int(offset) < 2**31):
-        raise ValueError(f"mvue24: seed must be in [0, 2**63) and offset in [0, 2**31), got {seed}, {offset}")
+        raise ValueError(f"mvue: seed must be in [0, 2**63) and offset in [0, 2**31), got {seed}, {offset}")
     x2 = rows_view(x)
     out = torch.empty_like(x2)
     ng = x2.numel() // 4
     if ng >= 2**30:
-        raise ValueError(f"mvue24: {ng} groups exceed the 2**30 per call limit; split the tensor along its rows")
+        raise ValueError(f"mvue: {ng} groups exceed the 2**30 per call limit; split the tensor along its rows")
     if ng:
         BLOCK = 4096 if is_interpreter() else 512  # the stream depends on group ids only, not on BLOCK
-        _mvue24_kernel[(cdiv(ng, BLOCK),)](x2, out, ng, int(seed), int(offset), BLOCK=BLOCK, EPS=MVUE_EPS)
+        _mvue_kernel[(cdiv(ng, BLOCK),)](x2, out, ng, int(seed), int(offset), BLOCK=BLOCK, EPS=MVUE_EPS)
     return out.reshape(x.shape), int(offset) + 2 * ng
 
 
-def mvue24_ref(x: Tensor, seed: int, offset: int = 0) -> tuple[Tensor, int]:
+def mvue_ref(x: Tensor, seed: int, offset: int = 0) -> tuple[Tensor, int]:
     """Pure torch reference (same distribution, its own stream): the core :func:`sparse24.masks.mvue_24`."""
     gen = torch.Generator(device=x.device)
     gen.manual_seed(int(seed) * 1_000_003 + int(offset))
     return mvue_24(x, gen), int(offset) + 2 * (x.numel() // 4)
+
+
+def mvue(x: Tensor, seed: int, offset: int = 0) -> tuple[Tensor, int]:
+    """The op: the Triton kernel on CUDA, the pure-torch sampler elsewhere (same distribution, other stream)."""
+    if x.is_cuda and HAS_TRITON:
+        return mvue_triton(x, seed, offset)
+    return mvue_ref(x, seed, offset)

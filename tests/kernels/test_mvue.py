@@ -1,10 +1,10 @@
-"""mvue24 (Philox, seed/offset) vs sparse24.masks.mvue_24: same distribution, checked statistically."""
+"""mvue_triton (Philox, seed/offset) vs sparse24.masks.mvue_24: same distribution, checked statistically."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from sparse24.kernels.mvue24 import mvue24, mvue24_ref
+from sparse24.kernels.mvue import mvue_ref, mvue_triton
 from tolerances import MVUE_SIGMAS, tol
 
 from benchmarks.shapes import pytest_params
@@ -18,7 +18,7 @@ def _samples(fn, x: torch.Tensor, n: int) -> torch.Tensor:
     return z.reshape(n, *x.shape)  # [n, R, C]
 
 
-@pytest.mark.parametrize("fn", [mvue24, mvue24_ref], ids=["triton", "reference"])
+@pytest.mark.parametrize("fn", [mvue_triton, mvue_ref], ids=["triton", "reference"])
 def test_unbiased_and_keep_frequencies(fn, device):
     x = torch.randn(4, 16, device=device) * torch.tensor([1.0, 1e-3, 10.0, 0.1], device=device)[:, None]
     x[0, :4] = torch.tensor([5.0, 0.0, 0.0, 1e-6])  # a dominant entry and exact zeros
@@ -37,23 +37,23 @@ def test_unbiased_and_keep_frequencies(fn, device):
 @pytest.mark.parametrize("shape", pytest_params())
 def test_two_kept_values_are_x_over_p(shape, dtype, device):
     x = torch.randn(shape.wshape, device=device).to(dtype)
-    z, nxt = mvue24(x, 7, offset=10)
+    z, nxt = mvue_triton(x, 7, offset=10)
     assert z.dtype == dtype and nxt == 10 + 2 * (x.numel() // 4)
     kept = z != 0
     assert bool((kept.reshape(-1, 4).sum(-1) == 2).all())
-    rtol, atol = tol("mvue24_kept_values", dtype)
+    rtol, atol = tol("mvue_kept_values", dtype)
     expect = (x.double() / mvue_inclusion_probs(x)).to(dtype)
     torch.testing.assert_close(z[kept], expect[kept], rtol=rtol, atol=atol)
 
 
 def test_reproducible_seed_and_offset(device):
     x = torch.randn(16, 32, device=device)
-    a, nxt = mvue24(x, 99)
-    assert torch.equal(a, mvue24(x, 99)[0])  # same seed, same offset: same sample
-    assert not torch.equal(a, mvue24(x, 100)[0])
-    assert not torch.equal(a, mvue24(x, 99, offset=nxt)[0])
+    a, nxt = mvue_triton(x, 99)
+    assert torch.equal(a, mvue_triton(x, 99)[0])  # same seed, same offset: same sample
+    assert not torch.equal(a, mvue_triton(x, 100)[0])
+    assert not torch.equal(a, mvue_triton(x, 99, offset=nxt)[0])
 
 
 def test_errors(device):
     with pytest.raises(ValueError, match="offset"):
-        mvue24(torch.randn(4, 8, device=device), 1, offset=-1)
+        mvue_triton(torch.randn(4, 8, device=device), 1, offset=-1)

@@ -1,4 +1,4 @@
-"""Compress a 2:4 tensor into torch's CUTLASS layout: kept values ``[m, k/2]`` + reordered metadata.
+"""Pack a 2:4 tensor into torch's CUTLASS layout: kept values ``[m, k/2]`` + reordered metadata.
 
 Contract
 - Layout in: 2-D ``[m, k]`` row-major (a weight ``[out, in]``; for ``W̃ᵀ`` pass ``w.t().contiguous()``), 2:4 along
@@ -25,12 +25,12 @@ Contract
 from __future__ import annotations
 
 import torch
-from sparse24.kernels._utils import cdiv, check_input, launch_device_ok, tl, triton
+from sparse24.kernels._utils import HAS_TRITON, cdiv, check_input, launch_device_ok, tl, triton
 from torch import Tensor
 
 from sparse24.compress import check_24
 
-__all__ = ["compress24", "compress24_ref", "decompress24_ref", "META_FORMAT"]
+__all__ = ["pack_cutlass", "pack_cutlass_triton", "pack_cutlass_ref", "unpack_cutlass_ref", "META_FORMAT"]
 
 DTYPES = (torch.float16, torch.bfloat16, torch.int8)
 # dtype -> (meta dtype, groups per meta element, rows multiple, cols multiple)
@@ -47,7 +47,7 @@ def _select(i, x0, x1, x2, x3):
 
 
 @triton.jit
-def _compress24_kernel(w_ptr, val_ptr, meta_ptr, M, K, MC, Q: tl.constexpr, GROUP: tl.constexpr,
+def _pack_cutlass_kernel(w_ptr, val_ptr, meta_ptr, M, K, MC, Q: tl.constexpr, GROUP: tl.constexpr,
                        INTERWEAVE: tl.constexpr, IS_FLOAT: tl.constexpr, BLOCK_R: tl.constexpr,
                        BLOCK_C: tl.constexpr):
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]  # [BR, 1] rows
@@ -84,19 +84,19 @@ def _compress24_kernel(w_ptr, val_ptr, meta_ptr, M, K, MC, Q: tl.constexpr, GROU
     tl.store(meta_ptr + off, meta.to(meta_ptr.dtype.element_ty), mask=ok)
 
 
-def compress24(w: Tensor, validate: bool = True) -> tuple[Tensor, Tensor]:
-    """Pack a 2-D 2:4 tensor into ``(values [m, k/2], meta)`` in the CUTLASS layout torch consumes."""
-    check_input("compress24", w, "w", DTYPES, ndim=2)
+def pack_cutlass_triton(w: Tensor, validate: bool = True) -> tuple[Tensor, Tensor]:
+    """Triton launcher: pack a 2-D 2:4 tensor into ``(values [m, k/2], meta)`` in the CUTLASS layout torch consumes."""
+    check_input("pack_cutlass", w, "w", DTYPES, ndim=2)
     meta_dtype, q, rmul, cmul = META_FORMAT[w.dtype]
     m, k = w.shape
     if m % rmul or k % cmul:
         raise ValueError(
-            f"compress24: shape {tuple(w.shape)} {w.dtype} needs rows % {rmul} == 0 and cols % {cmul} == 0 for the "
+            f"pack_cutlass: shape {tuple(w.shape)} {w.dtype} needs rows % {rmul} == 0 and cols % {cmul} == 0 for the "
             "CUTLASS layout; pad the weight or use the dense backend"
         )
     if validate:
-        check_24(w, "compress24 input")
-    launch_device_ok("compress24", _compress24_kernel, w)
+        check_24(w, "pack_cutlass input")
+    launch_device_ok("pack_cutlass", _pack_cutlass_kernel, w)
     w = w.contiguous()
     values = torch.empty(m, k // 2, dtype=w.dtype, device=w.device)
     bits = torch.int16 if w.dtype.is_floating_point else w.dtype  # values move as bit patterns, never as floats
@@ -104,22 +104,31 @@ def compress24(w: Tensor, validate: bool = True) -> tuple[Tensor, Tensor]:
     meta = torch.empty(m, mc, dtype=meta_dtype, device=w.device)
     if w.numel():
         BR, BC = 32, 16
-        _compress24_kernel[(cdiv(m, BR), cdiv(mc, BC))](
+        _pack_cutlass_kernel[(cdiv(m, BR), cdiv(mc, BC))](
             w.view(bits), values.view(bits), meta, m, k, mc, Q=q, GROUP=32 if q == 4 else 16,
             INTERWEAVE=4 if q == 4 else 2, IS_FLOAT=w.dtype.is_floating_point, BLOCK_R=BR, BLOCK_C=BC,
         )
     return values, meta
 
 
-def compress24_ref(w: Tensor) -> tuple[Tensor, Tensor]:
+def pack_cutlass_ref(w: Tensor, validate: bool = True) -> tuple[Tensor, Tensor]:
     """Reference: torch's pure-torch CUTLASS conversion (runs on CPU)."""
+    if validate:
+        check_24(w, "pack_cutlass input")
     from torch.sparse._semi_structured_conversions import sparse_semi_structured_from_dense_cutlass
 
     return sparse_semi_structured_from_dense_cutlass(w)
 
 
-def decompress24_ref(values: Tensor, meta: Tensor) -> Tensor:
+def unpack_cutlass_ref(values: Tensor, meta: Tensor) -> Tensor:
     """Inverse, by torch's ``sparse_semi_structured_to_dense_cutlass`` (the round-trip oracle)."""
     from torch.sparse._semi_structured_conversions import sparse_semi_structured_to_dense_cutlass
 
     return sparse_semi_structured_to_dense_cutlass(values, meta)
+
+
+def pack_cutlass(w: Tensor, validate: bool = True) -> tuple[Tensor, Tensor]:
+    """The op: the Triton kernel on CUDA, the torch conversion elsewhere (same result bit for bit)."""
+    if w.is_cuda and HAS_TRITON:
+        return pack_cutlass_triton(w, validate)
+    return pack_cutlass_ref(w, validate)

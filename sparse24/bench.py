@@ -1,8 +1,10 @@
-"""``sparse24 bench``: run the kernel, GEMM and SparseLinear microbenchmarks of ``benchmarks/`` (source checkout).
+"""``sparse24 bench``: run the benchmarks of ``benchmarks/`` (source checkout): kernels, GEMMs, SparseLinear per
+method, a training step, and inference (prefill/decode).
 
     sparse24 bench kernels --smoke          # CPU check through Triton's interpreter (seconds)
-    sparse24 bench gemm --shapes llama3-8b-mlp-up --tokens 1 16 4096
-    sparse24 bench all                      # GPU: kernels + gemm + linear, CSVs in benchmarks/results/
+    sparse24 bench gemm --shapes llama3-8b-mlp-up --tokens 16 4096
+    sparse24 bench generate                 # GPU: prefill/decode tokens/s and peak memory, dense vs 2:4
+    sparse24 bench all                      # everything; CSVs in benchmarks/results/ (or --out-dir)
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-SUITES = ("kernels", "gemm", "linear")
+SUITES = ("kernels", "gemm", "linear", "block", "generate")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
