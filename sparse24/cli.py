@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("sparse24.eval.cli", "perplexity and lm-eval zero-shot accuracy of a dense or sparse24 checkpoint"),
     "train": ("sparse24.train.cli", "pretrain an HF causal LM with a 2:4 recipe (dense, srste_decay_ft, sste, ...)"),
     "bench": ("sparse24.kernels.bench", "kernel and backend microbenchmarks"),
+    "convert": ("sparse24.convert", "convert 2:4 checkpoints: compressed-tensors sparse-24-bitmask <-> sparse24"),
 }
 
 EPILOG = """examples:
