@@ -131,6 +131,23 @@ def test_import_fixture_bit_exact(name, tmp_path):
     assert record["modules"] == sparse and len(sparse) == 14
 
 
+def test_reads_one_shard_at_a_time(monkeypatch):
+    """Shards are read lazily, in order; a module split across two shards is decoded when its last part arrives."""
+    import sparse24.compressed_tensors as ct
+
+    index = json.loads((FIX / "llama-fp16-sharded" / "model.safetensors.index.json").read_text())["weight_map"]
+    assert index[f"{UP}.compressed"] != index[f"{UP}.bitmask"]  # the fixture really splits a module across shards
+    reads = []
+    real = ct.read_shard
+    monkeypatch.setattr(ct, "read_shard", lambda path, keys: reads.append(Path(path).name) or real(path, keys))
+    gen = read_compressed_tensors(FIX / "llama-fp16-sharded")
+    seen = {}
+    for i, (fname, shard) in enumerate(gen):
+        assert reads == sorted(set(index.values()))[: i + 1] and fname == reads[-1]
+        seen.update(dict.fromkeys(shard, fname))
+    assert seen[f"{UP}.weight"] == max(index[f"{UP}.compressed"], index[f"{UP}.bitmask"])
+
+
 def test_imported_folder_loads_sparse_and_plain(tmp_path):
     from transformers import AutoModelForCausalLM
 
