@@ -92,8 +92,8 @@ def _check_sparsity(qc: dict[str, Any], folder: Path) -> dict[str, Any]:
                          "sparsity_config, so it is not a 2:4 checkpoint (compressed-tensors >= 0.15 writes an empty "
                          "one: export 2:4 models with compressed-tensors<=0.14.0.1 or `sparse24 convert`)")
     if fmt != SPARSE24_BITMASK:
-        hint = {"dense": "its weights are stored dense: load it as a plain HF folder (e.g. `sparse24 prune --method "
-                         "magnitude` keeps an existing 2:4 pattern)",
+        hint = {"dense": "its weights are plain .weight tensors: delete quantization_config from config.json and load "
+                         "it as a plain HF folder",
                 "sparse-bitmask": "that is unstructured sparsity, not 2:4",
                 "marlin-24": "that is Marlin 4-bit weight-only quantization + 2:4, which sparse24 does not import"}
         raise ValueError(f"{folder}: sparsity format {fmt!r} is not imported (sparse24 reads "
@@ -121,7 +121,7 @@ def inspect_compressed_tensors(folder: str | os.PathLike) -> CTCheckpoint:
     """Validate a ``sparse-24-bitmask`` folder from ``config.json`` and the safetensors headers (no tensor data read).
 
     Checks: the format allow-list and quantization refusal, every tensor the model of ``config.json`` needs is
-    present (plain, or as its three compressed parts), shapes and dtypes agree with ``config.json``.
+    present (plain, or as its three compressed parts) with the shape ``config.json`` implies.
     """
     folder = Path(folder)
     config = load_config_json(folder)
