@@ -20,9 +20,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-FIXTURES = {  # name -> (dtype, max_shard_size or None)
-    "llama-bf16": (torch.bfloat16, None),
-    "llama-fp16-sharded": (torch.float16, "12KB"),
+FIXTURES = {  # name -> (dtype, max_shard_size or None, sparsity format)
+    "llama-bf16": (torch.bfloat16, None, "sparse-24-bitmask"),
+    "llama-fp16-sharded": (torch.float16, "12KB", "sparse-24-bitmask"),
+    "llama-bf16-dense": (torch.bfloat16, None, "dense"),  # llm-compressor's uncompressed save of a 2:4 model
 }
 
 
@@ -59,15 +60,16 @@ def tokenizer():
 def make(outdir: Path) -> None:
     import compressed_tensors
     from compressed_tensors.compressors import ModelCompressor
-    from compressed_tensors.config import Sparse24BitMaskConfig
+    from compressed_tensors.config import DenseSparsityConfig, Sparse24BitMaskConfig
 
     outdir.mkdir(parents=True, exist_ok=True)
-    for i, (name, (dtype, shard)) in enumerate(FIXTURES.items()):
+    for i, (name, (dtype, shard, fmt)) in enumerate(FIXTURES.items()):
         model = tiny_llama(dtype, seed=i)
         sd = model.state_dict()
         save_file({k: v.contiguous() for k, v in sd.items()}, str(outdir / f"{name}.reference.safetensors"))
         zeros = sum(int((v == 0).sum()) for v in sd.values()) / sum(v.numel() for v in sd.values())
-        config = Sparse24BitMaskConfig(targets=["Linear"], ignore=["lm_head"], global_sparsity=zeros)
+        kind = Sparse24BitMaskConfig if fmt == "sparse-24-bitmask" else DenseSparsityConfig
+        config = kind(targets=["Linear"], ignore=["lm_head"], global_sparsity=zeros, sparsity_structure="2:4")
         compressor = ModelCompressor.from_pretrained_model(model, sparsity_config_or_format=config)
         compressor.compress_model(model)
         folder = outdir / name
@@ -75,7 +77,7 @@ def make(outdir: Path) -> None:
         compressor.update_config(str(folder))
         tokenizer().save_pretrained(folder)
         files = sorted(p.name for p in folder.iterdir())
-        print(f"- `{name}`: {dtype}, written by compressed-tensors {compressed_tensors.__version__}; files {files}")
+        print(f"- `{name}`: {dtype}, format {fmt!r}, written by compressed-tensors {compressed_tensors.__version__}; files {files}")
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:

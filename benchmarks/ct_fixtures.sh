@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Round trip through the real compressed-tensors 0.14.0.1 (the last release with sparse-24-bitmask), in ITS OWN venv
-# under /tmp (never the project's): the library writes tiny Llama fixtures (bf16; fp16 sharded with an index) into
-# tests/fixtures/ct/, sparse24 imports them (`sparse24 convert`) and must reproduce the dense weights bit for bit,
-# sparse24 exports them (and a model it pruned itself) and the library, read two ways, must reproduce ours.
+# under /tmp (never the project's): the library writes tiny Llama fixtures (bf16; fp16 sharded with an index; bf16
+# saved uncompressed, format "dense") into tests/fixtures/ct/, sparse24 imports them (`sparse24 convert`) and must
+# reproduce the dense weights bit for bit, sparse24 exports them (and a model it pruned itself) and the library, read two ways, must reproduce ours.
 #   bash benchmarks/ct_fixtures.sh            # REGEN=1 rewrites the committed fixtures
 # Writes benchmarks/results/ct_roundtrip.md. Work files: $WORK (default out/ct). Exit status 1 on any mismatch.
 set -euo pipefail
@@ -39,7 +39,7 @@ echo "## 1. Import: \`sparse24 convert FIXTURE\` vs the dense weights the librar
 echo
 echo "| fixture | tensors | result |"
 echo "|---|---|---|"
-for N in llama-bf16 llama-fp16-sharded; do
+for N in llama-bf16 llama-fp16-sharded llama-bf16-dense; do
   "$MAIN" -m sparse24 convert "$FIX/$N" --out "$WORK/$N-s24" --overwrite > /dev/null
   "$MAIN" - "$WORK/$N-s24" "$FIX/$N.reference.safetensors" "$N" <<'PY' || FAIL=1
 import json, sys, torch
@@ -71,7 +71,7 @@ from sparse24.demo import tiny_llama
 model = sparsify(tiny_llama(layers=2, hidden=64, seed=7).to(torch.bfloat16), MagnitudeConfig())
 save_sparse(model, sys.argv[1], overwrite=True)
 PY
-for N in llama-bf16 llama-fp16-sharded fresh; do
+for N in llama-bf16 llama-fp16-sharded llama-bf16-dense fresh; do
   SRC=$WORK/$N-s24; REF=$FIX/$N.reference.safetensors
   [ "$N" = fresh ] && REF=$SRC/model.safetensors
   "$MAIN" -m sparse24 convert "$SRC" --to compressed-tensors --out "$WORK/$N-ct" --overwrite > /dev/null

@@ -8,7 +8,8 @@ Import reads one safetensors shard at a time and validates before it writes: the
 allow-list (never a registry lookup: ``sparsity_config.format`` of an untrusted ``config.json`` was a code-execution
 sink, huggingface/transformers#46342), every tensor ``config.json`` implies must be present with its shape, every
 decoded weight must be exactly 2:4, and quantized checkpoints are refused by name rather than half-read.
-The per-weight codec is :mod:`sparse24.bitmask`; folder plumbing (shards, index, copying) is :mod:`sparse24.hf_folder`.
+Validation lives in :mod:`sparse24.ct_checkpoint`, the per-weight codec in :mod:`sparse24.bitmask`, folder plumbing
+(shards, index, copying) in :mod:`sparse24.hf_folder`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import json
 import os
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,16 @@ import torch
 from torch import nn
 
 from sparse24.bitmask import decode_bitmask_24, encode_bitmask_24
+from sparse24.compress import check_24
+from sparse24.ct_checkpoint import (
+    CT_KEYS,
+    DENSE,
+    PARTS,
+    SPARSE24_BITMASK,
+    CTCheckpoint,
+    ct_section,
+    inspect_compressed_tensors,
+)
 from sparse24.hf_folder import (
     copy_side_files,
     expected_tensors,
@@ -40,140 +50,16 @@ __all__ = [
     "load_compressed_tensors", "write_compressed_tensors", "CTCheckpoint", "CT_VERSION", "SPARSE24_BITMASK",
 ]
 
-SPARSE24_BITMASK = "sparse-24-bitmask"
 CT_VERSION = "0.14.0.1"  # the last compressed-tensors release with the 2:4 compressors; what the export declares
-_PARTS = ("compressed", "bitmask", "shape")
-_QUANT_LEAVES = ("weight_scale", "weight_zero_point", "input_scale", "input_zero_point", "weight_global_scale",
-                 "output_scale", "weight_g_idx", "weight_packed", "k_scale", "v_scale")
-_CT_KEYS = ("quantization_config", "compression_config")  # the latter is what compressed-tensors < 0.5 wrote
-
-
-def _ct_section(config: dict[str, Any]) -> dict[str, Any] | None:
-    """The compressed-tensors part of ``config.json``, or None."""
-    for key in _CT_KEYS:
-        qc = config.get(key)
-        if isinstance(qc, dict) and (qc.get("quant_method") == "compressed-tensors"
-                                     or (key == "compression_config" and "sparsity_config" in qc)):
-            return qc
-    return None
 
 
 def is_compressed_tensors(folder: str | os.PathLike) -> bool:
     """True when ``folder/config.json`` declares a compressed-tensors checkpoint (sparse, quantized or both)."""
     path = Path(folder) / "config.json"
     try:
-        return _ct_section(json.loads(path.read_text())) is not None
+        return ct_section(json.loads(path.read_text())) is not None
     except (OSError, json.JSONDecodeError):
         return False
-
-
-def _describe_quant(qc: dict[str, Any]) -> str:
-    parts = []
-    for gname, group in (qc.get("config_groups") or {}).items():
-        w, a = group.get("weights") or {}, group.get("input_activations") or {}
-        desc = f"W{w.get('num_bits', '?')}{w.get('type', '')}"
-        desc += f"A{a.get('num_bits')}{a.get('type', '')}" if a else "A16"
-        parts.append(f"{gname}: {desc} {w.get('strategy', '')}".strip())
-    return f"format {qc.get('format')!r}, " + "; ".join(parts)
-
-
-def _check_sparsity(qc: dict[str, Any], folder: Path) -> dict[str, Any]:
-    """The validated ``sparsity_config``; refuses quantized, unstructured, dense and unknown formats by name."""
-    groups = qc.get("config_groups") or {}
-    if groups or qc.get("kv_cache_scheme"):
-        raise ValueError(
-            f"{folder} is a quantized compressed-tensors checkpoint ({_describe_quant(qc)}). sparse24 imports "
-            "sparse-only sparse-24-bitmask checkpoints and never half-reads a quantized one: convert the unquantized "
-            "2:4 base model instead (e.g. RedHatAI/Sparse-Llama-3.1-8B-2of4 rather than its FP8/INT8 variants)")
-    sc = qc.get("sparsity_config") or {}
-    fmt = sc.get("format")
-    if not sc:
-        raise ValueError(f"{folder}/config.json has a compressed-tensors quantization_config without a "
-                         "sparsity_config, so it is not a 2:4 checkpoint (compressed-tensors >= 0.15 writes an empty "
-                         "one: export 2:4 models with compressed-tensors<=0.14.0.1 or `sparse24 convert`)")
-    if fmt != SPARSE24_BITMASK:
-        hint = {"dense": "its weights are plain .weight tensors: delete quantization_config from config.json and load "
-                         "it as a plain HF folder",
-                "sparse-bitmask": "that is unstructured sparsity, not 2:4",
-                "marlin-24": "that is Marlin 4-bit weight-only quantization + 2:4, which sparse24 does not import"}
-        raise ValueError(f"{folder}: sparsity format {fmt!r} is not imported (sparse24 reads "
-                         f"{SPARSE24_BITMASK!r} only); " + hint.get(str(fmt), "no other format is recognised"))
-    structure = str(sc.get("sparsity_structure") or "").lower()
-    if structure != "2:4":
-        raise ValueError(f"{folder}: sparsity_structure is {sc.get('sparsity_structure')!r}, not '2:4'; "
-                         "sparse-24-bitmask is defined for 2:4 only, so config.json is inconsistent")
-    return sc
-
-
-@dataclass
-class CTCheckpoint:
-    """What :func:`inspect_compressed_tensors` found: config, sparse module paths and per-file tensor names."""
-
-    folder: Path
-    config: dict[str, Any]
-    sparsity: dict[str, Any]
-    modules: list[str]  # module paths stored as .compressed/.bitmask/.shape, sorted
-    files: dict[str, list[str]]  # weight file name -> tensor names in it
-    dropped: list[str] = field(default_factory=list)  # stale buffers present in the files but not in the model
-
-
-def inspect_compressed_tensors(folder: str | os.PathLike) -> CTCheckpoint:
-    """Validate a ``sparse-24-bitmask`` folder from ``config.json`` and the safetensors headers (no tensor data read).
-
-    Checks: the format allow-list and quantization refusal, every tensor the model of ``config.json`` needs is
-    present (plain, or as its three compressed parts) with the shape ``config.json`` implies.
-    """
-    folder = Path(folder)
-    config = load_config_json(folder)
-    qc = _ct_section(config)
-    if qc is None:
-        raise ValueError(f"{folder}/config.json has no compressed-tensors quantization_config; this is not a "
-                         "compressed-tensors checkpoint (a sparse24 or plain HF folder loads with sparse24.load_sparse "
-                         "or transformers)")
-    sparsity = _check_sparsity(qc, folder)
-    headers = shard_headers(folder, weight_files(folder))  # name -> (file, dtype, shape)
-    expected, aliases, _ = expected_tensors(config, folder)  # name -> shape; tied name -> its partner
-    quant = [k for k in headers if k.rpartition(".")[2] in _QUANT_LEAVES]
-    if quant:
-        raise ValueError(f"{folder}: {quant[0]} is a quantization parameter but config.json declares no quantization; "
-                         "the checkpoint is inconsistent (sparse24 imports sparse-only 2:4 checkpoints)")
-    modules = sorted({k.rpartition(".")[0] for k in headers if k.rpartition(".")[2] in _PARTS})
-    for mod in modules:
-        missing = [p for p in _PARTS if f"{mod}.{p}" not in headers]
-        if missing:
-            found = ", ".join(f"{mod}.{p}" for p in _PARTS if p not in missing)
-            raise ValueError(f"{folder}: {mod}.{missing[0]} is missing (found {found}); the checkpoint is "
-                             "incomplete: re-download every shard listed in model.safetensors.index.json")
-        if f"{mod}.weight" in headers:
-            raise ValueError(f"{folder}: {mod} is stored both dense ({mod}.weight) and compressed; the checkpoint is "
-                             "inconsistent: re-export it")
-        want = expected.get(f"{mod}.weight")
-        if want is None:
-            raise ValueError(f"{folder}: {mod}.compressed does not belong to the {config.get('architectures')} model "
-                             "that config.json describes; config.json and the weights do not match")
-        _, dtype, cshape = headers[f"{mod}.compressed"]
-        if len(want) != 2 or list(cshape) != [want[0], want[1] // 2]:
-            raise ValueError(f"{folder}: {mod}.compressed has shape {list(cshape)} but config.json makes {mod}.weight "
-                             f"{list(want)}, which compresses to [{want[0]}, {want[-1] // 2}]; the weights do not "
-                             "belong to this config.json (wrong model or wrong shard)")
-    present = {k for k in headers if k.rpartition(".")[2] not in _PARTS} | {f"{m}.weight" for m in modules}
-    missing = [k for k in expected if k not in present and not (k in aliases and aliases[k] in present)]
-    if missing:
-        raise ValueError(f"{folder}: {missing[0]} is missing ({len(missing)} tensors in all, neither plain nor as "
-                         ".compressed/.bitmask/.shape); the checkpoint is incomplete: re-download every shard")
-    dropped = [k for k in present if k not in expected and k.endswith("rotary_emb.inv_freq")]
-    unexpected = [k for k in present if k not in expected and k not in dropped]
-    if unexpected:
-        raise ValueError(f"{folder}: {unexpected[0]} is not a tensor of the model config.json describes "
-                         f"({len(unexpected)} in all); config.json and the weights do not match")
-    for k, (_, dtype, shape) in headers.items():
-        if k in expected and list(shape) != list(expected[k]):
-            raise ValueError(f"{folder}: {k} has shape {list(shape)} but config.json implies {list(expected[k])}; the "
-                             "weights do not belong to this config.json (wrong model or wrong shard)")
-    files: dict[str, list[str]] = {}
-    for k, (fname, _, _) in headers.items():
-        files.setdefault(fname, []).append(k)
-    return CTCheckpoint(folder, config, sparsity, modules, files, dropped)
 
 
 def read_compressed_tensors(
@@ -185,6 +71,7 @@ def read_compressed_tensors(
     Memory: one shard plus the parts of modules split across two shards. Validates before decoding.
     """
     ck = checkpoint or inspect_compressed_tensors(folder)
+    dense_modules = set(ck.modules) if ck.sparsity["format"] == DENSE else set()
     pending: dict[str, dict[str, torch.Tensor]] = {}
     for fname in sorted(ck.files):
         raw = read_shard(ck.folder / fname, ck.files[fname])
@@ -193,12 +80,14 @@ def read_compressed_tensors(
             mod, _, leaf = key.rpartition(".")
             if key in ck.dropped:
                 continue
-            if leaf not in _PARTS:
+            if leaf not in PARTS:
+                if leaf == "weight" and mod in dense_modules:
+                    check_24(t, key)  # a 'dense' 2:4 checkpoint is only as good as its zeros
                 out[key] = t
                 continue
             parts = pending.setdefault(mod, {})
             parts[leaf] = t
-            if len(parts) == len(_PARTS):
+            if len(parts) == len(PARTS):
                 out[f"{mod}.weight"] = decode_bitmask_24(parts["compressed"], parts["bitmask"], parts["shape"], mod)
                 del pending[mod]
         yield fname, out
@@ -206,7 +95,7 @@ def read_compressed_tensors(
 
 
 def _strip_ct(config: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in config.items() if k not in _CT_KEYS}
+    return {k: v for k, v in config.items() if k not in CT_KEYS}
 
 
 def compressed_tensors_to_sparse24(
@@ -231,8 +120,8 @@ def compressed_tensors_to_sparse24(
             "format": "sparse24", "format_version": FORMAT_VERSION, "sparse24_version": __version__,
             "method": MagnitudeConfig.name, "config": MagnitudeConfig().to_dict(), "modules": ck.modules,
             "compressed": None,
-            "extra": {"imported_from": {"format": SPARSE24_BITMASK, "folder": str(Path(folder).resolve()),
-                                        "compressed_tensors_version": (_ct_section(ck.config) or {}).get("version"),
+            "extra": {"imported_from": {"format": ck.sparsity["format"], "folder": str(Path(folder).resolve()),
+                                        "compressed_tensors_version": (ct_section(ck.config) or {}).get("version"),
                                         "sparsity_config": ck.sparsity}},
         }
         (tmp / CONFIG_NAME).write_text(json.dumps(record, indent=2, default=str))

@@ -16,7 +16,8 @@ Convert a 2:4 checkpoint between two on-disk formats.
                      model; sparse24 (load_sparse, `sparse24 eval`) loads it 2:4 and runs the sparse backends.
   compressed-tensors the legacy `sparse-24-bitmask` format (llm-compressor 0.x, RedHatAI/Sparse-Llama-3.1-8B-2of4
                      and its fine-tunes). Only compressed-tensors<=0.14.0.1 with transformers<5 and vLLM<=0.18
-                     (sm90 for the sparse kernels) load it; newer releases removed it.
+                     (sm90 for the sparse kernels) load it; newer releases removed it. Import also reads the
+                     uncompressed variant (sparsity_config format "dense", sparsity_structure "2:4").
 
 The input format is detected from the folder. Import validates every tensor (shapes against config.json,
 exactly two kept values in every group of 4) and refuses quantized (FP8/INT8) checkpoints by name. Work goes

@@ -27,7 +27,8 @@ from sparse24.io import CONFIG_NAME, read_sparse24_config
 from sparse24.masks import magnitude_mask_24
 
 FIX = Path(__file__).parent / "fixtures" / "ct"
-FIXTURES = ["llama-bf16", "llama-fp16-sharded"]
+FIXTURES = ["llama-bf16", "llama-fp16-sharded", "llama-bf16-dense"]  # the last: format "dense" (uncompressed)
+BITMASK_FIXTURES = FIXTURES[:2]
 UP = "model.layers.0.mlp.up_proj"  # [64, 32]: row 0 has an all-zero group and a one-non-zero group
 
 
@@ -185,7 +186,7 @@ def test_export_reimport_equals_ours(tiny_llama, tmp_path, dtype):
     assert read_sparse24_config(back)["modules"] == read_sparse24_config(s24)["modules"]
 
 
-@pytest.mark.parametrize("name", FIXTURES)
+@pytest.mark.parametrize("name", BITMASK_FIXTURES)
 def test_export_matches_what_the_library_wrote(name, tmp_path):
     """Our export of an imported fixture has the library's tensor names, dtypes, shapes and config."""
     s24 = compressed_tensors_to_sparse24(FIX / name, tmp_path / "s24")
@@ -276,7 +277,7 @@ def test_quantized_checkpoint_refused_by_name(bf16_copy, tmp_path):
 
 
 @pytest.mark.parametrize("fmt, words", [("marlin-24", "Marlin"), ("sparse-bitmask", "unstructured"),
-                                        ("dense", "plain HF folder"), ("my.module:Evil", "no other format")])
+                                        ("my.module:Evil", "no other format")])
 def test_other_formats_refused_by_name(bf16_copy, fmt, words):
     _edit_config(bf16_copy, lambda c: c["quantization_config"]["sparsity_config"].update(format=fmt))
     with pytest.raises(ValueError, match=rf"sparsity format '{fmt}' is not imported.*{words}"):
@@ -326,3 +327,35 @@ def test_cli_help_teaches(capsys):
     for word in ("sparse-24-bitmask", "quantization_config", "compressed-tensors<=0.14.0.1", "--overwrite",
                  "examples:"):
         assert word in out
+
+
+# ---------------------------------------------------------------- format "dense" (2:4 saved uncompressed)
+
+
+@pytest.fixture
+def dense_copy(tmp_path) -> Path:
+    return shutil.copytree(FIX / "llama-bf16-dense", tmp_path / "dense")
+
+
+def test_dense_format_targets_follow_compressed_tensors_matching(dense_copy):
+    _edit_config(dense_copy, lambda c: c["quantization_config"]["sparsity_config"].update(
+        targets=["re:.*mlp\\.", "model.layers.1.self_attn.q_proj"], ignore=["re:.*down_proj$"]))
+    mods = inspect_compressed_tensors(dense_copy).modules
+    assert mods == ["model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj", "model.layers.1.mlp.gate_proj",
+                    "model.layers.1.mlp.up_proj", "model.layers.1.self_attn.q_proj"]
+
+
+def test_dense_format_refuses_a_target_that_is_not_24(dense_copy, tmp_path):
+    _edit_tensors(dense_copy, lambda sd: sd["model.layers.1.mlp.gate_proj.weight"][9].fill_(0.25))
+    with pytest.raises(ValueError, match=r"model.layers.1.mlp.gate_proj.weight is not 2:4: row 9, group 0"):
+        compressed_tensors_to_sparse24(dense_copy, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("edit, words", [({"sparsity_structure": "unstructured"}, "not 2:4 sparse"),
+                                         ({"targets": None}, "no targets"),
+                                         ({"targets": ["lm_head"], "ignore": ["lm_head"]}, "select no nn.Linear")])
+def test_dense_format_config_errors(dense_copy, edit, words):
+    _edit_config(dense_copy, lambda c: c["quantization_config"]["sparsity_config"].update(edit))
+    with pytest.raises(ValueError, match=words):
+        inspect_compressed_tensors(dense_copy)
