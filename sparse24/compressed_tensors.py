@@ -54,12 +54,16 @@ CT_VERSION = "0.14.0.1"  # the last compressed-tensors release with the 2:4 comp
 
 
 def is_compressed_tensors(folder: str | os.PathLike) -> bool:
-    """True when ``folder/config.json`` declares a compressed-tensors checkpoint (sparse, quantized or both)."""
+    """True when ``folder/config.json`` declares a compressed-tensors checkpoint with 2:4 sparsity (the folders this
+    module loads, or refuses with a reason: quantized 2:4, Marlin-24). Dense or quantization-only compressed-tensors
+    checkpoints are False: current transformers loads those itself."""
     path = Path(folder) / "config.json"
     try:
-        return ct_section(json.loads(path.read_text())) is not None
+        qc = ct_section(json.loads(path.read_text()))
     except (OSError, json.JSONDecodeError):
         return False
+    sc = (qc or {}).get("sparsity_config") or {}
+    return sc.get("format") in (SPARSE24_BITMASK, "marlin-24") or str(sc.get("sparsity_structure")).lower() == "2:4"
 
 
 def read_compressed_tensors(

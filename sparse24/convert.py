@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import logging
+import json
 from pathlib import Path
-
-log = logging.getLogger("sparse24")
 
 DESCRIPTION = """\
 Convert a 2:4 checkpoint between two on-disk formats.
@@ -48,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
         is_compressed_tensors,
         write_compressed_tensors,
     )
+    from sparse24.ct_checkpoint import ct_section
     from sparse24.io import CONFIG_NAME
 
     src = Path(args.folder)
@@ -59,9 +58,9 @@ def run(args: argparse.Namespace) -> int:
     if args.to == "sparse24":
         if is_s24:
             raise ValueError(f"{src} is already a sparse24 checkpoint; to export it use --to compressed-tensors")
-        if not is_compressed_tensors(src):
+        if not is_compressed_tensors(src) and ct_section(json.loads((src / "config.json").read_text())) is None:
             raise ValueError(f"{src} is neither a compressed-tensors checkpoint nor a sparse24 one; to make a dense HF "
-                             "model 2:4 use `sparse24 prune`")
+                             "model 2:4 use `sparse24 prune`")  # other compressed-tensors folders: inspect says why
         out = compressed_tensors_to_sparse24(src, args.out, overwrite=args.overwrite)
     else:
         if is_compressed_tensors(src):

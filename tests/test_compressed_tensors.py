@@ -284,6 +284,22 @@ def test_other_formats_refused_by_name(bf16_copy, fmt, words):
         inspect_compressed_tensors(bf16_copy)
 
 
+def test_detection_is_for_24_checkpoints_only(bf16_copy, capsys, tmp_path):
+    """Quantized 2:4 is detected (and refused with its reason); quantization-only and unstructured are not ours."""
+    assert not is_compressed_tensors(tmp_path) and not is_compressed_tensors(FIX / "llama-bf16" / "missing")
+    _edit_config(bf16_copy, lambda c: c["quantization_config"].update(config_groups={"group_0": {"weights": {}}}))
+    assert is_compressed_tensors(bf16_copy)
+    _edit_config(bf16_copy, lambda c: c["quantization_config"].update(sparsity_config={}))  # FP8-only, say
+    assert not is_compressed_tensors(bf16_copy)
+    assert main(["convert", str(bf16_copy), "--out", str(tmp_path / "o")]) == 2
+    assert "quantized compressed-tensors checkpoint" in capsys.readouterr().err
+    _edit_config(bf16_copy, lambda c: c["quantization_config"].update(
+        config_groups={}, sparsity_config={"format": "sparse-bitmask", "sparsity_structure": "unstructured"}))
+    assert not is_compressed_tensors(bf16_copy)
+    assert main(["convert", str(bf16_copy), "--out", str(tmp_path / "o")]) == 2
+    assert "unstructured" in capsys.readouterr().err
+
+
 def test_pickle_only_folder_refused(bf16_copy):
     (bf16_copy / "model.safetensors").rename(bf16_copy / "pytorch_model.bin")
     with pytest.raises(ValueError, match="pickle"):
