@@ -21,6 +21,9 @@ __all__ = ["encode_bitmask_24", "decode_bitmask_24", "pack_bits", "unpack_bits",
 
 # value dtypes a sparse-only checkpoint stores; float8 only appears with quantization, which is refused upstream
 BITMASK_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# elements per row block: a 14336 x 4096 weight is coded in ~4M-element pieces, so the masks, counts and indices
+# the coding needs stay at tens of MiB instead of several times the weight (benchmarks/results/ct_memory.md)
+_BLOCK = 1 << 22
 _DAMAGED = "the checkpoint is damaged: re-download it, or re-export it with compressed-tensors<=0.14.0.1"
 
 
@@ -37,8 +40,8 @@ def pack_bits(mask: Tensor) -> Tensor:
 def unpack_bits(bitmask: Tensor, cols: int) -> Tensor:
     """uint8 ``[out, nbytes]`` -> bool ``[out, nbytes*8]`` (callers slice to ``cols`` after checking the padding)."""
     shifts = torch.arange(8, dtype=torch.uint8, device=bitmask.device)
-    bits = (bitmask.unsqueeze(-1) >> shifts) & 1  # [out, nbytes, 8]
-    return bits.reshape(bitmask.shape[0], -1).bool()
+    bits = (bitmask.unsqueeze(-1) >> shifts).bitwise_and_(1)  # [out, nbytes, 8], 0/1
+    return bits.reshape(bitmask.shape[0], -1).view(torch.bool)  # zero-copy: the bytes are 0 or 1
 
 
 def encode_bitmask_24(w: Tensor, name: str = "weight") -> tuple[Tensor, Tensor]:
@@ -47,10 +50,27 @@ def encode_bitmask_24(w: Tensor, name: str = "weight") -> tuple[Tensor, Tensor]:
         raise ValueError(f"{name}: sparse-24-bitmask stores 2-D weights [out, in], got shape {tuple(w.shape)}")
     if w.dtype not in BITMASK_DTYPES:
         raise TypeError(f"{name}: dtype {w.dtype} is not stored by sparse-24-bitmask; cast to bfloat16 or float16")
-    check_24(w, name)  # refuse rather than truncate to the top-2 per group
-    keep = magnitude_mask_24((w != 0).to(torch.float32))  # [out, in]: the non-zeros, then zeros to fill two slots
-    values = w[keep].reshape(w.shape[0], w.shape[1] // 2)  # row-major = increasing column within each row
-    return values.contiguous(), pack_bits(keep)
+    out, cols = w.shape
+    if cols % 4:
+        check_24(w, name)  # raises: not divisible by 4
+    values = torch.empty(out, cols // 2, dtype=w.dtype, device=w.device)
+    bitmask = torch.empty(out, (cols + 7) // 8, dtype=torch.uint8, device=w.device)
+    for r0, r1 in _row_blocks(out, cols):
+        blk = w[r0:r1]  # [rows, in]
+        try:
+            check_24(blk, name)  # refuse rather than truncate to the top-2 per group
+        except ValueError:
+            check_24(w, name)  # the same error with whole-tensor row numbers
+            raise
+        keep = magnitude_mask_24((blk != 0).to(torch.float32))  # [rows, in]: non-zeros, then zeros to fill 2 slots
+        values[r0:r1] = blk[keep].view(r1 - r0, cols // 2)  # row-major = increasing column within each row
+        bitmask[r0:r1] = pack_bits(keep)
+    return values, bitmask
+
+
+def _row_blocks(out: int, cols: int) -> list[tuple[int, int]]:
+    step = max(1, _BLOCK // max(cols, 1))
+    return [(r0, min(out, r0 + step)) for r0 in range(0, out, step)]
 
 
 def decode_bitmask_24(compressed: Tensor, bitmask: Tensor, shape: Tensor | list[int], name: str = "weight") -> Tensor:
@@ -77,24 +97,29 @@ def decode_bitmask_24(compressed: Tensor, bitmask: Tensor, shape: Tensor | list[
     if bitmask.dtype != torch.uint8 or tuple(bitmask.shape) != (out, nbytes):
         raise ValueError(f"{name}.bitmask is {bitmask.dtype} {tuple(bitmask.shape)}, expected torch.uint8 "
                          f"({out}, {nbytes}) for a [{out}, {cols}] weight; " + _DAMAGED)
-    bits = unpack_bits(bitmask, cols)  # [out, nbytes*8]
+    dense = torch.zeros(out, cols, dtype=compressed.dtype, device=compressed.device)
+    for r0, r1 in _row_blocks(out, cols):
+        _decode_rows(compressed[r0:r1], bitmask[r0:r1], dense[r0:r1], r0, cols, name)
+    return dense
+
+
+def _decode_rows(compressed: Tensor, bitmask: Tensor, dense: Tensor, r0: int, cols: int, name: str) -> None:
+    """Validate one row block and scatter its values into ``dense`` (a view of the output); rows start at ``r0``."""
+    bits = unpack_bits(bitmask, cols)  # [rows, nbytes*8]
     if bool(bits[:, cols:].any()):
         raise ValueError(f"{name}.bitmask sets padding bits beyond column {cols - 1}; " + _DAMAGED)
-    mask = bits[:, :cols]  # [out, in]
-    per_row = mask.sum(-1)  # [out]
+    mask = bits[:, :cols]  # [rows, in]
+    per_group = mask.reshape(mask.shape[0], cols // 4, 4).sum(-1, dtype=torch.uint8)  # [rows, in/4]
+    per_row = per_group.sum(-1)  # [rows]
     bad_rows = (per_row != cols // 2).nonzero()
     if len(bad_rows):
         r = int(bad_rows[0])
-        raise ValueError(f"{name}.bitmask flags {int(per_row[r])} positions in row {r} but {name}.compressed holds "
-                         f"{cols // 2} values per row ({len(bad_rows)} bad rows in all); " + _DAMAGED)
-    per_group = mask.reshape(out, cols // 4, 4).sum(-1)  # [out, in/4]
+        raise ValueError(f"{name}.bitmask flags {int(per_row[r])} positions in row {r0 + r} but {name}.compressed "
+                         f"holds {cols // 2} values per row; " + _DAMAGED)
     bad = (per_group != 2).nonzero()
     if len(bad):
         r, g = bad[0].tolist()
-        raise ValueError(f"{name} is not 2:4: row {r}, group {g} (columns {4 * g}..{4 * g + 3}) keeps "
-                         f"{int(per_group[r, g])} of 4 values ({len(bad)} bad groups in all); sparse-24-bitmask keeps "
-                         "exactly 2 of every 4. This checkpoint is not a valid 2:4 export: prune the dense model with "
-                         "`sparse24 prune` instead")
-    dense = torch.zeros(out, cols, dtype=compressed.dtype, device=compressed.device)
-    dense[mask] = compressed.reshape(-1)  # row-major scatter, the order the writer gathered in
-    return dense
+        raise ValueError(f"{name} is not 2:4: row {r0 + r}, group {g} (columns {4 * g}..{4 * g + 3}) keeps "
+                         f"{int(per_group[r, g])} of 4 values; sparse-24-bitmask keeps exactly 2 of every 4. This "
+                         "checkpoint is not a valid 2:4 export: prune the dense model with `sparse24 prune` instead")
+    dense.masked_scatter_(mask, compressed)  # row-major fill, the order the writer gathered in; no index tensor

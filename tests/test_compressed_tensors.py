@@ -79,9 +79,12 @@ def _edit_config(folder: Path, fn) -> None:
 # ---------------------------------------------------------------- the codec against numpy's packbits
 
 
+@pytest.mark.parametrize("block", [None, 24], ids=["whole", "row-blocks"])
 @pytest.mark.parametrize("cols", [4, 12, 32, 44])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
-def test_codec_matches_numpy_packbits(cols, dtype):
+def test_codec_matches_numpy_packbits(cols, dtype, block, monkeypatch):
+    if block:  # code a few rows at a time, as big weights are
+        monkeypatch.setattr("sparse24.bitmask._BLOCK", block)
     w = _random_24(int(torch.randint(2, 9, ())), cols, dtype)
     values, bitmask = encode_bitmask_24(w, "w")
     unpacked = np.unpackbits(bitmask.numpy(), axis=-1, count=cols, bitorder="little").astype(bool)  # [out, in]
@@ -92,7 +95,8 @@ def test_codec_matches_numpy_packbits(cols, dtype):
     assert torch.equal(_bits(decode_bitmask_24(values, bitmask, [w.shape[0], cols], "w"), False), _bits(w, False))
 
 
-def test_encode_refuses_non_24():
+def test_encode_refuses_non_24(monkeypatch):
+    monkeypatch.setattr("sparse24.bitmask._BLOCK", 16)  # one row per block: the error still counts whole-tensor rows
     w = _random_24(4, 16, torch.bfloat16)
     w[2, 4:8] = torch.tensor([1.0, 2.0, 3.0, 0.0])
     with pytest.raises(ValueError, match=r"layer\.w is not 2:4: row 2, group 1"):
@@ -226,7 +230,10 @@ def test_corrupt_bitmask_named(bf16_copy, tmp_path):
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))  # nothing half-written
 
 
-def test_non_24_group_named(bf16_copy, tmp_path):
+@pytest.mark.parametrize("block", [None, 64], ids=["whole", "row-blocks"])
+def test_non_24_group_named(bf16_copy, tmp_path, block, monkeypatch):
+    if block:
+        monkeypatch.setattr("sparse24.bitmask._BLOCK", block)
     def move(sd):  # row 7: move one flag from group 0 to group 1 (row total unchanged, groups keep 1 and 3)
         bits = np.unpackbits(sd[f"{UP}.bitmask"].numpy(), axis=-1, bitorder="little")  # [64, 32]
         g0, g1 = bits[7, 0:4], bits[7, 4:8]  # views into bits
