@@ -63,6 +63,7 @@ def make(outdir: Path) -> None:
     from compressed_tensors.config import DenseSparsityConfig, Sparse24BitMaskConfig
 
     outdir.mkdir(parents=True, exist_ok=True)
+    manifest = []
     for i, (name, (dtype, shard, fmt)) in enumerate(FIXTURES.items()):
         model = tiny_llama(dtype, seed=i)
         sd = model.state_dict()
@@ -77,7 +78,10 @@ def make(outdir: Path) -> None:
         compressor.update_config(str(folder))
         tokenizer().save_pretrained(folder)
         files = sorted(p.name for p in folder.iterdir())
-        print(f"- `{name}`: {dtype}, format {fmt!r}, written by compressed-tensors {compressed_tensors.__version__}; files {files}")
+        manifest.append(f"- `{name}`: {dtype}, format {fmt!r}, written by compressed-tensors "
+                        f"{compressed_tensors.__version__}; files {files}")
+    manifest.append("- `NAME.reference.safetensors`: the dense (pruned) weights each model had before compression")
+    (outdir / "MANIFEST.md").write_text("\n".join(manifest) + "\n")
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,8 @@ echo
 echo "## Fixtures (written by the library, committed in tests/fixtures/ct/)"
 if [ "${REGEN:-0}" = 1 ] || [ ! -d "$FIX/llama-bf16" ]; then
   rm -rf "$FIX"; $CT make "$FIX" 2>/dev/null
-else echo "(kept the committed fixtures; REGEN=1 rewrites them)"; ls "$FIX" | sed 's/^/- /'; fi
+else echo "(the committed fixtures; REGEN=1 rewrites them)"; fi
+cat "$FIX/MANIFEST.md"
 echo "Total size: $(du -sk "$FIX" | cut -f1) KiB."
 echo
 echo "## 1. Import: \`sparse24 convert FIXTURE\` vs the dense weights the library compressed (raw bits, signed zeros too)"
