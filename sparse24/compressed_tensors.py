@@ -69,9 +69,10 @@ def is_compressed_tensors(folder: str | os.PathLike) -> bool:
 def read_compressed_tensors(
     folder: str | os.PathLike, checkpoint: CTCheckpoint | None = None,
 ) -> Iterator[tuple[str, dict[str, torch.Tensor]]]:
-    """Decode a ``sparse-24-bitmask`` folder shard by shard: yields ``(file name, dense tensors)``.
+    """Decode a 2:4 compressed-tensors folder shard by shard: yields ``(file name, dense tensors)``.
 
-    Each yielded dict holds plain HF keys (``P.weight`` with zeros in place of ``P.compressed/bitmask/shape``).
+    Each yielded dict holds plain HF keys (``P.weight`` with zeros in place of ``P.compressed/bitmask/shape``; for
+    the ``dense`` format every targeted weight is checked 2:4).
     Memory: one shard plus the parts of modules split across two shards. Validates before decoding.
     """
     ck = checkpoint or inspect_compressed_tensors(folder)
@@ -105,11 +106,11 @@ def _strip_ct(config: dict[str, Any]) -> dict[str, Any]:
 def compressed_tensors_to_sparse24(
     folder: str | os.PathLike, out: str | os.PathLike, *, overwrite: bool = False,
 ) -> Path:
-    """Convert a ``sparse-24-bitmask`` folder into a sparse24 checkpoint; returns ``out``.
+    """Convert a 2:4 compressed-tensors folder (``sparse-24-bitmask`` or 2:4 ``dense``) into a sparse24 checkpoint.
 
     ``out`` is a plain dense HF folder (zeros in place, ``config.json`` without ``quantization_config``, tokenizer
     and generation files copied) plus ``sparse24_config.json``; written shard by shard into a temporary folder that
-    replaces ``out`` only when complete (an existing ``out`` is kept unless ``overwrite``).
+    replaces ``out`` only when complete (an existing ``out`` is kept unless ``overwrite``). Returns ``out``.
     """
     from sparse24 import __version__
     from sparse24.config import MagnitudeConfig
@@ -136,7 +137,10 @@ def load_compressed_tensors(
     folder: str | os.PathLike, *, backend: str = "auto", device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
 ) -> nn.Module:
-    """Load a ``sparse-24-bitmask`` folder straight into an HF causal LM with ``SparseLinear`` modules (fixed masks)."""
+    """Load a 2:4 compressed-tensors folder straight into an HF causal LM with ``SparseLinear`` modules (fixed masks).
+
+    Same keywords as :func:`sparse24.load_sparse`; the whole decoded state dict is held once, as any load does.
+    """
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from sparse24.api import sparsify
@@ -166,6 +170,8 @@ def write_compressed_tensors(
     from sparse24.io import atomic_folder, read_sparse24_config, save_sparse
 
     if isinstance(model_or_folder, nn.Module):
+        if Path(out).exists() and not overwrite:  # fail before writing a temporary copy of the model
+            atomic_folder(out, overwrite)
         parent = Path(out).resolve().parent
         parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=parent, prefix=".ct-export-") as tmpdir:

@@ -322,6 +322,9 @@ def test_never_overwrites_without_asking(tmp_path):
     assert (out / "mine.txt").read_text() == "keep"
     compressed_tensors_to_sparse24(FIX / "llama-bf16", out, overwrite=True)
     assert not (out / "mine.txt").exists() and (out / CONFIG_NAME).exists()
+    with pytest.raises(FileExistsError, match="overwrite"):
+        write_compressed_tensors(load_sparse(out), out)
+    assert not list(tmp_path.glob(".ct-export-*"))
 
 
 # ---------------------------------------------------------------- the command line
