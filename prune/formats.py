@@ -48,8 +48,19 @@ def write_sparse24(job: WriteJob) -> list[str]:
     return job.pruner.save(job.model, job.out, record=job.record, compressed=job.compressed, overwrite=job.overwrite)
 
 
+@register_writer("compressed-tensors", "compressed-tensors sparse-24-bitmask folder (legacy: loads only with "
+                 "compressed-tensors<=0.14.0.1 + transformers<5, vLLM<=0.18 on sm90; see sparse24 convert --help)")
+def write_compressed_tensors(job: WriteJob) -> list[str]:
+    from sparse24.compressed_tensors import write_compressed_tensors as write
+
+    write(job.model, job.out, overwrite=job.overwrite)
+    if job.compressed:
+        return ["note: --compressed is moot with --format compressed-tensors (the bitmask format is compressed)"]
+    return []
+
+
 def _load_builtin() -> None:
-    """Import the modules that register more writers (none yet; e.g. a compressed-tensors writer)."""
+    """Import the modules that register more writers (a place for third-party formats)."""
 
 
 def get_writer(name: str) -> Writer:

@@ -19,7 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "retrain": ("sparse24.train.retrain", "retrain a pruned model to recover quality: AST (distillation, adaptive "
                 "masks, SLoRB)"),
     "train": ("sparse24.train.cli", "pretrain an HF causal LM with a 2:4 recipe (dense, srste_decay_ft, sste, ...)"),
-    "bench": ("sparse24.bench", "kernel and backend microbenchmarks"),
+    "convert": ("sparse24.convert", "convert 2:4 checkpoints: compressed-tensors sparse-24-bitmask <-> sparse24"),
+    "bench": ("sparse24.bench", "kernel and backend microbenchmarks (GEMM, SparseLinear, kernels, generate)"),
 }
 
 EPILOG = """examples:

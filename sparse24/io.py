@@ -46,7 +46,8 @@ from sparse24.masks import magnitude_mask_24
 
 __all__ = ["save_sparse", "load_sparse", "read_sparse24_config", "write_checkpoint", "build_sparse_model",
            "read_extra_file", "read_hf_config", "read_hf_weights", "build_hf_model", "effective_state_dict",
-           "InferenceExportWarning", "FORMAT_VERSION", "CONFIG_NAME", "COMPRESSED_NAME", "SPARSE24_BUFFERS", "KIND"]
+           "InferenceExportWarning", "FORMAT_VERSION", "CONFIG_NAME", "COMPRESSED_NAME", "SPARSE24_BUFFERS", "KIND",
+           "checkpoint_record"]
 
 log = logging.getLogger("sparse24")
 
@@ -143,17 +144,29 @@ def write_checkpoint(model: nn.Module, folder: str | os.PathLike, state_dict: di
             own.append(COMPRESSED_NAME)
         for name, tensors in extra_files.items():
             atomic_save_safetensors(tensors, tmp / name, metadata={"format": f"sparse24-{loader}"})
-        record = {
-            "format": "sparse24", "format_version": FORMAT_VERSION, "sparse24_version": __version__,
-            "kind": KIND, "loader": loader, "method": method, "modules": sorted(module_configs),
-            "module_configs": module_configs, "compressed": COMPRESSED_NAME if pack is not None else None,
-            "extra": extra or {},
-            "integrity": {"hash": "sha256[:16] of dtype|shape|bytes", "tensors": digest_tensors(state_dict),
-                          "files": fingerprint_files(tmp, weight_files(tmp, own)),
-                          "extra_files": {n: digest_tensors(t) for n, t in extra_files.items()}},
-        }
+        record = checkpoint_record(tmp, digest_tensors(state_dict), loader=loader, method=method,
+                                   module_configs=module_configs, own=own,
+                                   compressed=COMPRESSED_NAME if pack is not None else None, extra=extra,
+                                   extra_digests={n: digest_tensors(t) for n, t in extra_files.items()})
         atomic_write_json(tmp / CONFIG_NAME, record)
     return Path(folder)
+
+
+def checkpoint_record(folder: Path, tensor_digests: dict[str, str], *, loader: str, method: str,
+                      module_configs: dict[str, dict[str, Any]], own: list[str] = (), compressed: str | None = None,
+                      extra: dict[str, Any] | None = None, extra_digests: dict[str, dict[str, str]] | None = None
+                      ) -> dict[str, Any]:
+    """The ``sparse24_config.json`` record of a folder whose weight files are already written in ``folder``:
+    format, loader, producing method, every module's config and the integrity record (``tensor_digests`` from
+    :func:`~sparse24.integrity.digest_tensors` over the HF state dict; the files are fingerprinted here)."""
+    return {
+        "format": "sparse24", "format_version": FORMAT_VERSION, "sparse24_version": __version__,
+        "kind": KIND, "loader": loader, "method": method, "modules": sorted(module_configs),
+        "module_configs": module_configs, "compressed": compressed, "extra": extra or {},
+        "integrity": {"hash": "sha256[:16] of dtype|shape|bytes", "tensors": tensor_digests,
+                      "files": fingerprint_files(folder, weight_files(folder, own)),
+                      "extra_files": extra_digests or {}},
+    }
 
 
 def save_sparse(

@@ -40,7 +40,10 @@ class _Loader:
 
 _LOADERS: dict[str, _Loader] = {}
 # recorded loader name -> module that registers it on import (lazy: method code is imported only when needed)
-_LAZY = {"armor": "sparse24.prune.armor_linear", "slorb": "sparse24.prune.slorb"}
+_LAZY = {"armor": "sparse24.prune.armor_linear", "slorb": "sparse24.prune.slorb",
+         "compressed-tensors": "sparse24.compressed_tensors"}
+# modules whose detectors claim foreign folders (no sparse24_config.json); imported on the first detection
+_DETECTORS = ("sparse24.compressed_tensors",)
 
 
 class Loaded(NamedTuple):
@@ -85,6 +88,8 @@ def detect_format(folder: str | os.PathLike) -> tuple[str, dict[str, Any] | None
     if (folder / CONFIG_NAME).is_file():
         record = read_sparse24_config(folder)
         return record["loader"], record
+    for module in _DETECTORS:
+        importlib.import_module(module)
     for ld in list(_LOADERS.values()):
         if ld.detect is not None and ld.detect(folder):
             return ld.name, None
