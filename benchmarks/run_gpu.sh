@@ -99,3 +99,8 @@ fi
 echo "== done in $((SECONDS - START))s; results in $DEST"
 cat "$DEST/stages.csv"
 ls -l "$DEST"
+# on the GPU every stage's failure is data (recorded above); in --smoke (CI) any failed stage fails the run
+if ((SMOKE)) && grep -qv -e '^stage,' -e ',0,' "$DEST/stages.csv"; then
+  echo "FAILED: a smoke stage did not exit 0 (see stages.csv)"
+  exit 1
+fi
