@@ -1,4 +1,4 @@
-"""SLoRB (Sparse Low-Rank Boosting, AST arXiv 2407.20584; algorithms.md §4.3): a 2:4 linear plus a cheap low-rank term.
+"""SLoRB (Sparse Low-Rank Boosting, AST arXiv 2407.20584 §4.3): a 2:4 linear plus a cheap low-rank term.
 
 ``Y = X (W⊙M)ᵀ + (X Pᵀ) Sᵀ`` with ``P ∈ R^{(d/k)×d}`` summing each group of ``k`` consecutive inputs (ones at columns
 ``[r·k, (r+1)·k)`` of row ``r``; optionally trainable) and ``S ∈ R^{N×(d/k)}`` initialised from the weights the mask

@@ -1,4 +1,4 @@
-"""Test tolerances, one table keyed by (op, dtype). Kinds (style.md §6.4):
+"""Test tolerances, one table keyed by (op, dtype). Kinds:
 
 - "exact": masks, metadata, packing and the fused soft threshold must equal the reference bit for bit.
 - (rtol, atol): elementwise ops that round once more or less than torch (masked decay may become one FMA on a GPU).
