@@ -4,8 +4,8 @@ The GPU backends never call ``torch._cslt_*`` / ``torch._sparse_semi_structured_
 directly: they call an ``ops`` object. :class:`TorchOps` forwards to torch. :class:`ContractOps` runs on any device,
 checks every argument against the contract of the real kernel and computes the product from the dense reference,
 so the backends' calling code (padding, transposes, bias, alpha, dtypes) is tested on a CPU. Each check below is a
-case where the real kernel does not raise but reads memory wrongly (source: torch's ``aten/src/ATen/native/sparse/cuda/cuSPARSELtOps.cpp``, ``SparseSemiStructuredOps.cu`` and
-torch's ``_meta_registrations.py``):
+case where the real kernel does not raise but reads memory wrongly (sources: torch's ``cuSPARSELtOps.cpp``,
+``SparseSemiStructuredOps.cu`` and ``_meta_registrations.py``):
 
 ``_cslt_compress(A)``
     ``A`` 2-D ``[m, k]``, contiguous row-major, fp16/bf16 (``m, k`` multiples of 16) or e4m3/int8 (multiples of 32),
