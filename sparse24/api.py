@@ -17,6 +17,7 @@ from torch import nn
 from sparse24.config import MagnitudeConfig, SparseConfig, SRSTEConfig, SSTEConfig
 from sparse24.linear import SparseLinear, is_conv1d
 from sparse24.runtime import set_module
+from sparse24.sharding import all_sum, gather_rows, is_sharded, local, shard_rows
 from sparse24.tracking import FlipTracker
 
 log = logging.getLogger("sparse24")
@@ -172,19 +173,47 @@ def sparse_modules(model: nn.Module) -> Iterator[tuple[str, SparseLinear]]:
             yield fqn, module
 
 
+def _local_mask(m: SparseLinear) -> torch.Tensor:
+    """The mask of this rank's rows of a row-sharded (FSDP2) weight; 2:4 groups and 4x4 transposable blocks lie
+    inside one shard, so this equals those rows of the mask of the full weight (mirrors ``compute_mask``)."""
+    from sparse24.masks import magnitude_mask_24, transposable_mask_24
+
+    w = local(m.weight).detach()  # [rows of this rank, in]
+    if getattr(m.config, "transposable", False):
+        if w.shape[0] % 4:
+            raise ValueError(f"transposable 2:4 masks need every shard's rows to be a multiple of 4; this rank holds "
+                             f"{w.shape[0]} of {m.out_features} rows: use a world size that divides out_features/4")
+        return transposable_mask_24(w)
+    return magnitude_mask_24(w)
+
+
 @torch.no_grad()
 def update_masks(model: nn.Module, tracker: FlipTracker | None = None) -> dict[str, float]:
     """Call after each optimizer step: advance every layer's step and refresh the masks that are due.
 
-    Returns flip-rate statistics over the refreshed layers when a ``tracker`` is given (else ``{}``).
+    Returns flip-rate statistics over the refreshed layers when a ``tracker`` is given (else ``{}``). Under FSDP2
+    (row-sharded weights) each rank computes the mask of its own rows, the full mask buffer (which the forward
+    needs) is all-gathered, the tracker sees the local rows and the flip counts are summed over the ranks.
     """
-    refreshed = {}
+    refreshed, sharded = {}, False
     for fqn, m in sparse_modules(model):
         m.step += 1
         if not bool(m.dense_mode) and m.due_for_refresh():
-            m.refresh_mask()
-            refreshed[fqn] = m.mask
-    return tracker.update(refreshed) if tracker is not None and refreshed else {}
+            if is_sharded(m.weight):
+                part = _local_mask(m)  # [rows of this rank, in]
+                m.mask.copy_(gather_rows(part, m.out_features))
+                refreshed[fqn], sharded = part, True
+            else:
+                m.refresh_mask()
+                refreshed[fqn] = m.mask
+        elif is_sharded(m.weight) and not bool(m.dense_mode):
+            # FSDP2 keeps the version counter of the whole weight it gathers for each forward, so a cache of the
+            # packed W̃ keyed on (weight, mask) versions would never see the step; an in-place no-op on the mask
+            # bumps its version instead
+            m.mask.logical_and_(m.mask)
+    if tracker is None or not refreshed:
+        return {}
+    return tracker.update(refreshed, reduce=all_sum if sharded else None)
 
 
 @torch.no_grad()
@@ -194,6 +223,7 @@ def apply_masked_decay(model: nn.Module, lr: float | None = None, scale: float =
     ``decay_placement="grad"``: ``W.grad += λ(1−M)⊙W`` (call after clipping, before ``optimizer.step()``).
     ``decay_placement="weight"``: ``W -= lr·λ(1−M)⊙W`` (call after ``optimizer.step()``, with ``lr``).
     ``λ = config.decay · scale``: ``scale`` lets a schedule (AST's linear λ ramp) vary λ without new configs.
+    Row-sharded (FSDP2) weights are decayed shard by shard with the matching rows of the mask.
     """
     for _, m in sparse_modules(model):
         cfg = m.config
@@ -203,9 +233,10 @@ def apply_masked_decay(model: nn.Module, lr: float | None = None, scale: float =
         if cfg.decay_placement == "grad" and lr is None and w.grad is not None:
             from sparse24.kernels.masked_decay import masked_decay_  # lazy: kernels import triton
 
-            masked_decay_(w.grad, w.detach(), m.mask, cfg.decay * scale)  # fused kernel on CUDA
+            # fused kernel on CUDA; under FSDP2 on this rank's rows
+            masked_decay_(local(w.grad), local(w).detach(), shard_rows(m.mask, w), cfg.decay * scale)
         elif cfg.decay_placement == "weight" and lr is not None:
-            w.sub_(w * ~m.mask, alpha=lr * cfg.decay * scale)
+            local(w).sub_(local(w) * ~shard_rows(m.mask, w), alpha=lr * cfg.decay * scale)
 
 
 def set_dense_finetune(model: nn.Module, enable: bool = True) -> int:

@@ -6,6 +6,9 @@ un-normalised count. A training loop feeds the masks after each refresh and logs
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import torch
 from torch import Tensor
 
 __all__ = ["FlipTracker"]
@@ -18,18 +21,23 @@ class FlipTracker:
         self.initial: dict[str, Tensor] = {}
         self.previous: dict[str, Tensor] = {}
 
-    def update(self, masks: dict[str, Tensor]) -> dict[str, float]:
-        """Record new masks; returns ``flip_rate``, ``flip_rate_init``, ``sad``, ``sad_init`` and per-layer rates."""
-        out: dict[str, float] = {}
-        flips = flips_init = total = 0
-        for name, m in masks.items():
-            m = m.detach().bool()
+    def update(self, masks: dict[str, Tensor], reduce: Callable[[Tensor], Tensor] | None = None) -> dict[str, float]:
+        """Record new masks; returns ``flip_rate``, ``flip_rate_init``, ``sad``, ``sad_init`` and per-layer rates.
+
+        ``reduce`` sums a count tensor over processes (``masks`` are then each process's rows of the layers, as under
+        FSDP2); the rates returned are then those of the whole layers, the same on every process."""
+        names = list(masks)
+        counts = torch.zeros(len(names), 3, dtype=torch.int64)  # [layer, (flips, flips vs initial, entries)]
+        for i, name in enumerate(names):
+            m = masks[name].detach().bool()
             prev = self.previous.get(name, m)
             init = self.initial.setdefault(name, m.clone())
-            f, fi = int((m ^ prev).sum()), int((m ^ init).sum())
-            out[f"flip_rate/{name}"] = f / m.numel()
-            flips, flips_init, total = flips + f, flips_init + fi, total + m.numel()
+            counts[i] = torch.stack([(m ^ prev).sum().cpu(), (m ^ init).sum().cpu(), torch.tensor(m.numel())])
             self.previous[name] = m.clone()
+        if reduce is not None:
+            counts = reduce(counts)
+        out: dict[str, float] = {f"flip_rate/{n}": int(c[0]) / max(int(c[2]), 1) for n, c in zip(names, counts)}
+        flips, flips_init, total = (int(v) for v in counts.sum(0)) if names else (0, 0, 0)
         out.update(flip_rate=flips / max(total, 1), flip_rate_init=flips_init / max(total, 1),
                    sad=float(flips), sad_init=float(flips_init))
         return out

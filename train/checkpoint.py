@@ -16,6 +16,10 @@ Format (no pickle anywhere: loading a checkpoint cannot run code):
   ``param_groups`` and non-tensor state, the scheduler state, Python's and NumPy's scalar RNG state, tensor aliases;
 - ``run.json``: the run description; resuming compares it with the new run and refuses a difference, naming each.
 
+Under FSDP2 every rank joins the gather of the row-sharded weights, optimizer moments and flip-tracker rows, and the
+main process writes them whole: the folder has the same format as a single-process run's, and resuming hands each
+rank its rows again (with the same number of processes: the RNG states are per rank).
+
 Folders written by older versions (a pickled ``trainer_state.pt``) are refused, never unpickled.
 """
 
@@ -32,9 +36,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from sparse24.train.distributed import full_state_dict, load_full_state_dict
 
 from sparse24.api import sparse_modules
 from sparse24.fileio import atomic_folder
+from sparse24.sharding import full_tensor, gather_rows, is_sharded, shard_like, shard_rows
 
 if TYPE_CHECKING:
     from sparse24.train.loop import Trainer
@@ -121,6 +127,14 @@ def _dedupe(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], di
     return unique, aliases
 
 
+def _whole(v: Any, keep: bool) -> Any:
+    """An optimizer state value, gathered whole if sharded (on the CPU, on the rank that keeps it)."""
+    if not isinstance(v, torch.Tensor) or not is_sharded(v):
+        return v
+    whole = full_tensor(v)
+    return whole.cpu() if keep else None
+
+
 def save_checkpoint(trainer: Trainer, folder: str | Path) -> Path | None:
     """Write ``folder`` atomically (main process); every process must call it (RNG states are gathered)."""
     from accelerate.utils import gather_object
@@ -131,11 +145,20 @@ def save_checkpoint(trainer: Trainer, folder: str | Path) -> Path | None:
     rng_meta["mvue_offsets"] = {fqn: int(m.mvue_offset) for fqn, m in sparse_modules(model)}  # MVUE stream positions
     mine = {"meta": rng_meta, "tensors": {k: v.cpu() for k, v in rng_tensors.items()}}
     per_rank = gather_object([mine]) if acc.num_processes > 1 else [mine]  # in-process exchange, never a file
+    # collectives every rank joins: under FSDP2 sharded weights, optimizer moments and tracker rows are gathered
+    # whole, so the folder is the same as a single-process run's
+    main = acc.is_main_process
+    full_model = full_state_dict(model, keep=main)
+    opt = trainer.optimizer.state_dict()
+    opt["state"] = {pid: {k: _whole(v, main) for k, v in entries.items()} for pid, entries in opt["state"].items()}
+    layers = dict(sparse_modules(model))
+    tracker_state = {part: {name: gather_rows(m, layers[name].out_features) if name in layers and
+                            is_sharded(layers[name].weight) else m for name, m in masks.items()}
+                     for part, masks in trainer.tracker.state_dict().items()}
     if not acc.is_main_process:
         acc.wait_for_everyone()
         return None
     tensors: dict[str, torch.Tensor] = {}
-    opt = trainer.optimizer.state_dict()
     opt_scalars: dict[str, dict[str, Any]] = {}
     for pid, entries in opt["state"].items():
         for key, v in entries.items():
@@ -143,11 +166,11 @@ def save_checkpoint(trainer: Trainer, folder: str | Path) -> Path | None:
                 tensors[f"optimizer/{pid}/{key}"] = v
             else:
                 opt_scalars.setdefault(str(pid), {})[key] = _json_value(v, f"optimizer state {pid}.{key}")
-    for part, masks in trainer.tracker.state_dict().items():
+    for part, masks in tracker_state.items():
         tensors.update({f"tracker/{part}/{name}": m for name, m in masks.items()})
     for r, rank in enumerate(per_rank):
         tensors.update({f"rank{r}/{k}": v for k, v in rank["tensors"].items()})
-    weights, aliases = _dedupe(model.state_dict())
+    weights, aliases = _dedupe(full_model)
     meta = {
         "format": "sparse24-trainer-checkpoint", "version": 1, "step": trainer.step, "tokens": trainer.tokens,
         "world_size": acc.num_processes, "model_aliases": aliases,
@@ -233,13 +256,15 @@ def apply_checkpoint(trainer: Trainer, ckpt: Checkpoint) -> None:
     model = trainer.unwrapped
     weights = dict(ckpt.model)
     weights.update({alias: weights[name] for alias, name in meta["model_aliases"].items()})
-    model.load_state_dict(weights)
+    load_full_state_dict(model, weights)  # FSDP2: each rank keeps its rows
+    params = [p for g in trainer.optimizer.param_groups for p in g["params"]]
     live = trainer.optimizer.state_dict()
     groups = [{k: tuple(v) if isinstance(live_g.get(k), tuple) else v for k, v in g.items()}
               for g, live_g in zip(meta["optimizer"]["param_groups"], live["param_groups"])]
     state: dict[int, dict[str, Any]] = {}
     for pid in meta["optimizer"]["state_ids"]:
-        entry = {k.rsplit("/", 1)[1]: v for k, v in t.items() if k.startswith(f"optimizer/{pid}/")}
+        entry = {k.rsplit("/", 1)[1]: shard_like(v, params[int(pid)]) for k, v in t.items()
+                 if k.startswith(f"optimizer/{pid}/")}
         entry.update(meta["optimizer"]["scalars"].get(pid, {}))
         state[int(pid)] = entry
     trainer.optimizer.load_state_dict({"state": state, "param_groups": groups})
@@ -248,7 +273,8 @@ def apply_checkpoint(trainer: Trainer, ckpt: Checkpoint) -> None:
     for k, v in t.items():
         if k.startswith("tracker/"):
             _, part, name = k.split("/", 2)
-            tracker[part][name] = v
+            m = dict(sparse_modules(model)).get(name)
+            tracker[part][name] = shard_rows(v, m.weight).clone() if m is not None else v  # FSDP2: this rank's rows
     trainer.tracker.load_state_dict(tracker)
     trainer.step, trainer.tokens = meta["step"], meta["tokens"]
     rank = f"rank{acc.process_index}/"

@@ -1,14 +1,15 @@
 """``sparse24 train``: pretrain an HF causal LM with a 2:4 recipe (also ``python -m sparse24.train``).
 
 Single CPU or GPU: ``sparse24 train --recipe sste --out runs/sste``.
-Several GPUs (DDP): ``accelerate launch --multi_gpu --num_processes 8 -m sparse24.train --recipe sste ...``;
-the same command on a machine without a GPU runs CPU processes with gloo (accelerate 1.x sends
-``--cpu --num_processes N`` to mpirun).
+Several GPUs: ``accelerate launch --config_file train/accelerate/ddp.yaml -m sparse24.train --recipe sste ...``
+(DDP: every process holds the whole model) or ``train/accelerate/fsdp2.yaml`` (FSDP2: weights, gradients and optimizer
+state sharded by output rows); on a machine without a GPU both run CPU processes over gloo.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 EPILOG = """recipes (train/recipes/*.yaml, or a path to your own .yaml):
@@ -22,7 +23,8 @@ EPILOG = """recipes (train/recipes/*.yaml, or a path to your own .yaml):
 examples:
   sparse24 train --recipe sste --model llama-small --steps 2000 --out runs/sste
   sparse24 train --recipe srste_decay_ft --data my_text.jsonl --out runs/srste --resume auto
-  accelerate launch --multi_gpu --num_processes 2 -m sparse24.train --recipe sste --out runs/ddp   # DDP (gloo on CPU)
+  accelerate launch --config_file train/accelerate/ddp.yaml -m sparse24.train --recipe sste --out runs/ddp
+  accelerate launch --config_file train/accelerate/fsdp2.yaml -m sparse24.train --recipe sste --out runs/fsdp
   python -m sparse24.train.plot runs/dense runs/sste --out loss.png     # compare runs
 
 A run folder holds run.json (the settings), metrics.jsonl, step-* checkpoints (safetensors + JSON) and final/.
@@ -104,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
              batch_size=args.batch_size, seq_len=args.seq_len, grad_accum=args.grad_accum, seed=args.seed,
              ckpt_every=args.ckpt_every, keep_checkpoints=args.keep, eval_every=args.eval_every,
              eval_batches=args.eval_batches, progress=not args.no_progress)
+    if int(os.environ.get("RANK", "0")) != 0:  # under accelerate launch the main process reports
+        return 0
     s = summary(args.out)
     metrics = Path(args.out) / "metrics.jsonl"
     se = f" ± {s['val_loss_se']:.4f}" if s.get("val_loss_se") else ""

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sparse24.api import apply_masked_decay, set_dense_finetune, sparse_modules, update_masks
+from sparse24.sharding import full_tensor, shard_rows
 from sparse24.tracking import FlipTracker
 
 __all__ = ["TrainConfig", "Trainer", "causal_lm_loss", "cosine_schedule"]
@@ -109,18 +110,21 @@ class Trainer:
     def __init__(self, model: nn.Module, cfg: TrainConfig, get_batch: Callable[[int], Batch],
                  val_batches: list[Batch] | None = None, loss_fn: LossFn = causal_lm_loss,
                  accelerator: Any = None, optimizer: torch.optim.Optimizer | None = None) -> None:
-        from accelerate import Accelerator
+        from sparse24.train.distributed import check_shards, make_accelerator, seed_mvue_streams
 
         self.cfg, self.get_batch, self.loss_fn = cfg, get_batch, loss_fn
-        self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+        self.accelerator = accelerator or make_accelerator()
         opt = optimizer or torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr,
                                              betas=tuple(cfg.betas), eps=1e-8)
-        self.model, self.optimizer = self.accelerator.prepare(model, opt)
+        self.model, self.optimizer = self.accelerator.prepare(model, opt)  # FSDP2: weights sharded by rows
+        check_shards(self.model)
+        seed_mvue_streams(self.unwrapped, cfg.seed, self.accelerator.process_index)
         factor = cosine_schedule(cfg.steps, int(round(cfg.warmup * cfg.steps)), cfg.lr, cfg.min_lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
         self.val_batches = [{k: v.to(self.accelerator.device) for k, v in b.items()} for b in val_batches or []]
         self.tracker = FlipTracker()
-        self.tracker.update({n: m.mask for n, m in sparse_modules(self.unwrapped)})  # initial masks
+        # initial masks (under FSDP2 each rank tracks its own rows)
+        self.tracker.update({n: shard_rows(m.mask, m.weight) for n, m in sparse_modules(self.unwrapped)})
         self.step, self.tokens = 0, 0
         self.before_optimizer_step: list[Hook] = [_decay_on_grads]
         self.after_optimizer_step: list[Hook] = [_decay_on_weights]
@@ -173,7 +177,7 @@ class Trainer:
         dt = time.perf_counter() - t0
         step_tokens = cfg.batch_size * cfg.seq_len * cfg.grad_accum * acc.num_processes
         return {"step": self.step, "loss": loss_val, "lr": lr,
-                "grad_norm": None if grad_norm is None else float(grad_norm), "tokens": self.tokens,
+                "grad_norm": None if grad_norm is None else float(full_tensor(grad_norm)), "tokens": self.tokens,
                 "tokens_per_s": step_tokens / dt, "dense": self._dense(), **flips, **row}
 
     def _dense(self) -> bool:

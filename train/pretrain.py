@@ -19,7 +19,8 @@ from sparse24.train.recipe import Recipe, load_recipe
 
 from sparse24.api import sparse_modules, sparsify
 
-__all__ = ["pretrain", "make_trainer", "model_fingerprint", "has_run", "clear_run", "start_point", "summary"]
+__all__ = ["pretrain", "make_trainer", "whole_model", "model_fingerprint", "has_run", "clear_run", "start_point",
+           "summary"]
 
 
 def _tokens_sha(tokens: Any) -> str:
@@ -60,16 +61,39 @@ def make_trainer(recipe: Recipe | str, model: str = "llama-tiny", data: str = "s
     cfg.extra = {"recipe": recipe.to_dict(), "model": model, "model_sha": model_fingerprint(model),
                  "data": {**tokens.info, "tokens_sha": _tokens_sha(tokens)},
                  "train": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "extra"}}
-    net = build_model(model, tokens.vocab_size, max_len=max(cfg.seq_len, 128), seed=cfg.seed, seq_len=cfg.seq_len)
-    spec = recipe.sparsify_spec()
-    if spec is not None:
-        sparsify(net, spec)
-        if not any(True for _ in sparse_modules(net)):
-            raise ValueError(f"recipe {recipe.name!r} (layers={recipe.layers}) made no layer 2:4 in model {model}")
+
+    def build() -> Any:
+        net = build_model(model, tokens.vocab_size, max_len=max(cfg.seq_len, 128), seed=cfg.seed, seq_len=cfg.seq_len)
+        spec = recipe.sparsify_spec()
+        if spec is not None:
+            sparsify(net, spec)
+            if not any(True for _ in sparse_modules(net)):
+                raise ValueError(f"recipe {recipe.name!r} (layers={recipe.layers}) made no layer 2:4 in model {model}")
+        return net
+
     train = tokens.train
-    trainer = Trainer(net, cfg, lambda i: batch_at(train, i, cfg.batch_size, cfg.seq_len, cfg.seed),
+    trainer = Trainer(build(), cfg, lambda i: batch_at(train, i, cfg.batch_size, cfg.seq_len, cfg.seed),
                       val_batches(tokens.val, cfg.batch_size, cfg.seq_len, cfg.eval_batches), accelerator=accelerator)
+    trainer.build_model = build  # a fresh unsharded copy of the architecture (FSDP2 export)
     return trainer, tokens
+
+
+def whole_model(trainer: Trainer) -> Any:
+    """The trained model with whole (unsharded) weights: the model itself, or under FSDP2 a fresh copy holding the
+    gathered state on the main process (None on the others). Collective under FSDP2: every rank calls it."""
+    from sparse24.train.distributed import full_state_dict
+
+    from sparse24.sharding import is_sharded
+
+    model = trainer.unwrapped
+    if not any(is_sharded(p) for p in model.parameters()):
+        return model
+    full = full_state_dict(model, keep=trainer.accelerator.is_main_process)
+    if not trainer.accelerator.is_main_process:
+        return None
+    plain = trainer.build_model()
+    plain.load_state_dict({k: v.detach().cpu() for k, v in full.items()})
+    return plain
 
 
 RUN_FILES = ("run.json", "metrics.jsonl", "final")
@@ -180,9 +204,10 @@ def pretrain(recipe: Recipe | str, out: str | Path, resume: str | None = "auto",
         from sparse24.train.export import save_final
 
         acc.wait_for_everyone()
+        final_model = whole_model(trainer)
         if acc.is_main_process:
             last = {k: v for k, v in summary(out).items() if k in ("step", "loss", "val_loss")}
-            kind = save_final(trainer.unwrapped, out / "final", {**trainer.cfg.extra, "final": last},
+            kind = save_final(final_model, out / "final", {**trainer.cfg.extra, "final": last},
                               tokens.tokenizer)
             print(f"sparse24 train: saved {out / 'final'} ({kind})")
     return history
