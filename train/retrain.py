@@ -3,10 +3,10 @@ its frozen dense self, on the shared :class:`~sparse24.train.loop.Trainer` (resu
 (loss, student, hooks) is :mod:`.ast_trainer`.
 
 By default it starts from the best one-shot model (``--init oneshot``): ``sparse24 prune --method``
-:data:`ONESHOT_METHOD` is run on the fly (flags from ``--init-prune-args``) into ``<out>.retrain-
-work/init-<method>/``, where a restarted run finds it again. ``--init FOLDER`` starts from a ``sparse24 prune`` output
-(its masks and updated weights, so step 0 is exactly the one-shot model); ``--init magnitude`` from the dense model
-with magnitude masks. The budget is ``--steps`` or ``--tokens``; the perplexity against retraining tokens goes to
+:data:`ONESHOT_METHOD` runs on the fly (flags from ``--init-prune-args``) into ``<out>.retrain-work/init-<method>/``,
+where a restarted run finds it again. ``--init FOLDER`` starts from a ``sparse24 prune`` output (its masks and
+updated weights, so step 0 is exactly the one-shot model); ``--init magnitude`` from the dense model with magnitude
+masks. The budget is ``--steps`` or ``--tokens``; the perplexity against retraining tokens goes to
 ``<out>/retrain_curve.csv/.png``. A killed run restarted with the same arguments resumes bit-identically from
 ``<out>.retrain-work/``; other arguments are refused, naming each difference.
 """
