@@ -293,6 +293,11 @@ def _accelerator(device: str, mixed_precision: str) -> Any:
     return Accelerator(cpu=cpu, mixed_precision=mp)
 
 
+def _dense_params(trainer: Any) -> list[Tensor]:
+    """The dense model's parameters (what SLoRB's extra parameters are a fraction of)."""
+    return list(trainer.loss_fn.teacher.parameters())
+
+
 def _print_point(trainer: Any, row: dict[str, Any]) -> None:
     """One line per point of the curve: tokens, perplexity, this step's tokens/s."""
     if row.get("eval_ppl") is not None and trainer.accelerator.is_main_process:
@@ -303,6 +308,7 @@ def _print_point(trainer: Any, row: dict[str, Any]) -> None:
 def retrain(args: Any) -> dict[str, Any]:
     """The whole ``sparse24 retrain`` job: check --out, load, retrain (resumable), save with SLoRB, write the
     perplexity curve; returns the model, tokenizer and the record written into ``sparse24_config.json``'s ``extra``."""
+    import os
     import time
 
     from sparse24.prune.export import check_all_24
@@ -313,6 +319,7 @@ def retrain(args: Any) -> dict[str, Any]:
 
     from sparse24.fileio import atomic_write_json
 
+    t_job = time.time()
     steps = _steps(args)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -340,7 +347,9 @@ def retrain(args: Any) -> dict[str, Any]:
     extra = {"method": "ast", **record, "tokens_trained": trainer.tokens, "train_seconds_this_session":
              round(time.time() - t0, 1), "final": {k: last.get(k) for k in ("step", "loss", "val_loss", "eval_ppl")},
              "baselines_ppl": lines, "tokens_per_s": tps[len(tps) // 2] if tps else None,
-             "slorb_params": describe(model)}
+             "slorb_params": describe(model), "model_params": sum(p.numel() for p in _dense_params(trainer)),
+             "torch_threads": torch.get_num_threads(), "wall_seconds_this_session": round(time.time() - t_job, 1),
+             "loadavg_end": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None}
     save_slorb_model(model, out, compressed=args.compressed, overwrite=True, extra=extra)  # --out checked above
     job.tokenizer.save_pretrained(out)
     shutil.copy(work / "metrics.jsonl", out / "retrain_metrics.jsonl")

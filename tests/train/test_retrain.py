@@ -405,6 +405,19 @@ def test_retrain_command_from_a_pruned_folder_draws_the_curve(tiny_llama, tmp_pa
     assert any(k.startswith("one-shot start") for k in lines)
     assert (tmp_path / "out" / "retrain_curve.png").read_bytes()[:4] == b"\x89PNG"
     assert "retrain_curve.csv" in capsys.readouterr().out
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "retraining_quality.py"
+    spec = importlib.util.spec_from_file_location("retraining_quality", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main([f"AST={tmp_path / 'out'}", "--out", str(tmp_path / "r" / "q.md")]) == 0
+    (row,) = json.loads((tmp_path / "r" / "q.json").read_text())
+    start, dense, last = points[0][2], lines["dense"], points[-1][2]
+    assert row["closed"] == pytest.approx((start - last) / (start - dense)) and row["tokens"] == 128
+    assert (tmp_path / "r" / "q.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| **AST** |" in (tmp_path / "r" / "q.md").read_text()
 
 
 def test_retrain_from_a_pruned_folder_starts_at_the_one_shot_model(tiny_llama, tmp_path):
