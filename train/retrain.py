@@ -341,6 +341,8 @@ def retrain(args: Any) -> dict[str, Any]:
     trainer.on_row.append(_print_point)
     t0 = time.time()
     history = trainer.fit(ckpt)
+    if trainer.ast_norms is not None:
+        trainer.ast_norms.remove()  # the returned model carries no training hooks
     model = trainer.unwrapped.eval()
     last = history[-1] if history else {}
     tps = sorted(r["tokens_per_s"] for r in history)
