@@ -97,7 +97,7 @@ run restarted with the same arguments resumes bit-identically from <out>.retrain
 
 EPILOG = """examples:
   sparse24 retrain --tokens 500000 --out pruned/ast       # one-shot SparseGPT start, then AST
-  sparse24 retrain --init-prune-args "--nsamples 32 --seqlen 512" --tokens 100000 --threads 2 --out pruned/ast-cpu
+  sparse24 retrain --init-prune-args='--nsamples 32 --seqlen 512' --tokens 100000 --threads 2 --out pruned/ast-cpu
   sparse24 prune --method sparsegpt --out pruned/sgpt
   sparse24 retrain --init pruned/sgpt --tokens 500000 --eval-tokens 50000 --out pruned/sgpt-ast
   sparse24 retrain --init pruned/sgpt --no-slorb --steps 200 --out pruned/sgpt-ast-noslorb   # ablation
@@ -117,7 +117,8 @@ def add_arguments(p: Any) -> None:
                    f"{ONESHOT_METHOD}` on the fly), a `sparse24 prune` output folder (its masks and updated weights), "
                    "or 'magnitude' (dense weights, magnitude masks)")
     g.add_argument("--init-prune-args", default="", help="extra `sparse24 prune` flags for --init oneshot, one "
-                   "string, e.g. \"--nsamples 32 --seqlen 512\" (default: prune's own defaults)")
+                   "string; write it with '=' (--init-prune-args='--nsamples 32 --seqlen 512') so it is not read as a "
+                   "flag (default: prune's own defaults)")
     g.add_argument("--targets", nargs="+", default=None, help="module-name patterns to make 2:4 (default: the "
                    "--init folder's pruned modules, or every decoder linear)")
     g.add_argument("--ignore", nargs="*", default=[], help="patterns to keep dense (wins over --targets)")
