@@ -112,7 +112,7 @@ def write(rows: list[dict[str, Any]], out: Path, notes: list[str]) -> None:
              f"| one-shot start (`{Path(head['init'].split()[0]).name}`) | {head['start']:.2f} | 0 % | | | | | | |"]
     for r in rows:
         table.append(f"| **{r['label']}** | {r['final']:.2f} | {r['closed']:.1%} | {r['tokens']:,} | {r['steps']} | "
-                     f"{r['train_s']:.0f} | {r['wall_s'] or '?'} | {r['tokens_per_s'] or 0:.0f} | "
+                     f"{r['train_s']:.0f} | {r['wall_s'] or 'not recorded'} | {r['tokens_per_s'] or 0:.0f} | "
                      f"{r['slorb']['extra_params']:,} ({pct(r)}) |")
     settings = [f"- {r['label']}: `{json.dumps(r['ast'])}`, lr {r['lr']}, torch threads "
                 f"{r['threads'] or 'not recorded'}, load (1/5/15 min) at the end {r['load'] or 'not recorded'}, "

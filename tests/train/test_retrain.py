@@ -4,6 +4,7 @@ uninterrupted run, the one-shot model it starts from."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import random
@@ -478,3 +479,23 @@ def test_initial_masks_from_a_pruned_folder(tiny_llama, tmp_path):
                 for c in (keep + rest)[:2]:
                     ref[i, c] = True
         assert np.array_equal(masks[name].numpy(), ref)
+
+
+def test_switches_turn_each_ast_part_off():
+    """--no-kl / --no-decay / --no-slorb / --mask-every 0 / --mask-score zero exactly their part of ASTConfig."""
+    import argparse
+
+    from sparse24.train.retrain import add_arguments, config_from_args
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    base = config_from_args(p.parse_args(["--out", "x"]), 100)
+    assert (base.alpha_kl, base.lambda_max, base.slorb_group, base.mask_refresh, base.mask_score) == (
+        0.5, 6e-5, 16, 10, "wanda")
+    assert base.ramp_steps == 25
+    cases = {"--no-kl": {"alpha_kl": 0.0}, "--no-decay": {"lambda_max": 0.0}, "--no-slorb": {"slorb_group": 0}}
+    for flag, want in cases.items():
+        got = config_from_args(p.parse_args(["--out", "x", flag]), 100)
+        assert got == dataclasses.replace(base, **want), flag
+    got = config_from_args(p.parse_args(["--out", "x", "--mask-every", "0", "--mask-score", "magnitude"]), 100)
+    assert got == dataclasses.replace(base, mask_refresh=0, mask_score="magnitude")
