@@ -10,7 +10,12 @@ One optimizer step:
    :func:`sparse24.apply_masked_decay` (layers carry ``SRSTEConfig(decay=λ_max, decay_placement="grad")``; the hook
    passes ``scale = λ(t)/λ_max``). The reference code's traps are avoided: the GPT-2 optimizer's bitwise NOT on int
    masks (an anti-decay on every weight) and the Llama callback that may fire after the step;
-3. every ``mask_refresh`` (10) steps the masks are recomputed from the dense weights (2:4 magnitude).
+3. every ``mask_refresh`` (10) steps the masks are recomputed from the dense weights with a data-aware score, as AST's
+   GPT variant: Wanda's ``|W_ij|·‖x_j‖₂`` with the input norms taken from the training micro-batches of that very
+   step (:class:`ActivationNorms`; ``mask_score="magnitude"`` uses ``|W|`` alone, ``mask_refresh=0`` keeps the initial
+   mask). The layers never refresh on their own: :func:`mask_refresh_hook` does it, so one score rules every refresh.
+   Norms are collected only in refresh steps and used at once, so a checkpoint never holds half-collected statistics
+   and a resumed run stays bit-identical.
 """
 
 from __future__ import annotations
@@ -30,8 +35,12 @@ from sparse24.api import apply_masked_decay, sparse_modules, sparsify
 from sparse24.config import SRSTEConfig
 from sparse24.masks import magnitude_mask_24
 
-__all__ = ["ASTConfig", "lambda_at", "distill_kl", "hidden_state_loss", "DistillLoss", "make_student",
-           "masks_from_pruned", "make_ast_trainer", "ramped_decay_hook"]
+__all__ = ["ASTConfig", "MASK_SCORES", "lambda_at", "distill_kl", "hidden_state_loss", "DistillLoss", "make_student",
+           "masks_from_pruned", "make_ast_trainer", "ramped_decay_hook", "wanda_mask_24", "ActivationNorms",
+           "mask_refresh_hook"]
+
+MASK_SCORES = ("wanda", "magnitude")
+_NEVER = 2**62  # the layers' own refresh period: AST's hook refreshes instead
 
 
 @dataclass(frozen=True)
@@ -40,7 +49,8 @@ class ASTConfig:
 
     lambda_max: float = 6e-5
     ramp_steps: int = 0  # T_ramp; 0: λ_max from the first step
-    mask_refresh: int = 10
+    mask_refresh: int = 10  # 0: the initial mask is kept
+    mask_score: str = "wanda"
     alpha_task: float = 1.0
     alpha_kl: float = 0.5
     alpha_hid: float = 0.0
@@ -54,18 +64,20 @@ class ASTConfig:
         for name in ("lambda_max", "ramp_steps", "alpha_task", "alpha_kl", "alpha_hid", "slorb_group"):
             if getattr(self, name) < 0:
                 raise ValueError(f"AST {name} must be >= 0, got {getattr(self, name)}")
-        if self.mask_refresh < 1:
-            raise ValueError(f"AST mask_refresh must be >= 1 (got {self.mask_refresh}); to keep the initial mask "
-                             "use a period longer than the run")
+        if self.mask_refresh < 0:
+            raise ValueError(f"AST mask_refresh must be >= 0 (got {self.mask_refresh}); 0 keeps the initial mask")
+        if self.mask_score not in MASK_SCORES:
+            raise ValueError(f"AST mask_score {self.mask_score!r}: choose one of {MASK_SCORES}")
         if self.temperature <= 0:
             raise ValueError(f"AST temperature must be > 0, got {self.temperature}")
         if self.slorb_init not in INITS:
             raise ValueError(f"AST slorb_init {self.slorb_init!r}: choose one of {INITS}")
 
     def sparse_config(self) -> SRSTEConfig:
-        """The per-layer config: plain 2:4 magnitude masks refreshed every ``mask_refresh`` steps, decay on grads."""
+        """The per-layer config: plain 2:4 (initially magnitude), decay on grads; the layers never refresh their
+        masks themselves (:func:`mask_refresh_hook` does, with ``mask_score``)."""
         return SRSTEConfig(decay=self.lambda_max, decay_placement="grad", transposable=False,
-                           mask_refresh=self.mask_refresh, backend=self.backend)
+                           mask_refresh=_NEVER, backend=self.backend)
 
 
 def lambda_at(t: int, lambda_max: float, ramp_steps: int) -> float:
@@ -167,6 +179,72 @@ def make_student(model: nn.Module, cfg: ASTConfig, init_masks: dict[str, Tensor]
     return model
 
 
+# ---- adaptive masks ------------------------------------------------------------------------------------------------
+def wanda_mask_24(weight: Tensor, col_norm: Tensor) -> Tensor:
+    """2:4 mask of the Wanda score ``|W_ij|·‖x_j‖`` (``weight`` [out, in], ``col_norm`` [in], the input norms)."""
+    if col_norm.shape != weight.shape[-1:]:
+        raise ValueError(f"col_norm has shape {tuple(col_norm.shape)}, expected ({weight.shape[-1]},)")
+    return magnitude_mask_24(weight.detach().abs().float() * col_norm.float()[None, :])  # [out, in]
+
+
+class ActivationNorms:
+    """Per-layer ``Σ x_j²`` and token counts of the 2:4 layers' inputs, gathered by forward pre-hooks in training
+    mode while ``active()`` says so (the refresh steps); :meth:`pop` returns ``‖x_j‖₂ = sqrt(mean x_j²)`` and clears."""
+
+    def __init__(self, model: nn.Module, active: Callable[[], bool]) -> None:
+        self.active = active
+        self.sums: dict[str, Tensor] = {}  # name -> [in] float32
+        self.counts: dict[str, int] = {}
+        self.handles = [m.register_forward_pre_hook(self._hook(name)) for name, m in sparse_modules(model)]
+
+    def _hook(self, name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+            if not module.training or not self.active():
+                return
+            x = args[0].detach()
+            x = x.reshape(-1, x.shape[-1]).float()  # [tokens, in]
+            sq = x.square().sum(0)  # [in]
+            self.sums[name] = self.sums[name] + sq if name in self.sums else sq
+            self.counts[name] = self.counts.get(name, 0) + x.shape[0]
+
+        return hook
+
+    def pop(self) -> dict[str, Tensor]:
+        out = {n: (s / max(self.counts[n], 1)).sqrt() for n, s in self.sums.items()}  # name -> [in]
+        self.sums, self.counts = {}, {}
+        return out
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def mask_refresh_hook(cfg: ASTConfig, norms: ActivationNorms | None) -> Callable[[Any], dict[str, float]]:
+    """``after_step`` hook: every ``cfg.mask_refresh`` steps, new masks from the dense weights (Wanda score with
+    ``norms`` from this step's micro-batches, or ``|W|``); returns the flip statistics of the trainer's tracker."""
+
+    @torch.no_grad()
+    def hook(trainer: Any) -> dict[str, float]:
+        if not cfg.mask_refresh or trainer.step % cfg.mask_refresh:
+            return {}
+        col = norms.pop() if norms is not None else {}
+        refreshed = {}
+        for name, m in sparse_modules(trainer.unwrapped):
+            if bool(m.dense_mode):
+                continue
+            if cfg.mask_score == "wanda":
+                if name not in col:
+                    raise RuntimeError(f"AST: no activations of {name} were seen in step {trainer.step}")
+                mask = wanda_mask_24(m.weight, col[name].to(m.weight.device))
+            else:
+                mask = magnitude_mask_24(m.weight.detach())
+            m.mask.copy_(mask)
+            refreshed[name] = m.mask
+        return trainer.tracker.update(refreshed) if refreshed else {}
+
+    return hook
+
+
 # ---- trainer -------------------------------------------------------------------------------------------------------
 def ramped_decay_hook(cfg: ASTConfig) -> Callable[[Any], dict[str, float]]:
     """``before_optimizer_step`` hook: ``W.grad += λ(t)(1−M)⊙W`` with ``t`` = the step being taken (1-based)."""
@@ -194,6 +272,11 @@ def make_ast_trainer(student: nn.Module, teacher: nn.Module, cfg: ASTConfig, tra
                       loss_fn=loss, accelerator=accelerator, optimizer=optimizer)
     loss.teacher.to(trainer.accelerator.device)
     trainer.before_optimizer_step = [ramped_decay_hook(cfg)]  # replaces the constant-λ default: one decay, ramped
+    norms = None
+    if cfg.mask_refresh and cfg.mask_score == "wanda":
+        norms = ActivationNorms(student, lambda: (trainer.step + 1) % cfg.mask_refresh == 0)
+    trainer.after_step.insert(0, mask_refresh_hook(cfg, norms))  # before any hook that scores the model
+    trainer.ast_norms = norms
     trainer.after_step.append(lambda _t: loss.pop_parts())
     tc.extra = {**tc.extra, "ast": dataclasses.asdict(cfg)}
     return trainer

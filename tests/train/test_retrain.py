@@ -4,6 +4,7 @@ uninterrupted run, the one-shot model it starts from."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import random
@@ -149,8 +150,9 @@ def _losses(path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in rows}
 
 
-def test_resumed_run_is_bit_identical(tiny_llama, tmp_path):
-    cfg = ASTConfig(lambda_max=0.05, ramp_steps=3, mask_refresh=2, slorb_group=8)
+@pytest.mark.parametrize("score", ["magnitude", "wanda"])
+def test_resumed_run_is_bit_identical(tiny_llama, tmp_path, score):
+    cfg = ASTConfig(lambda_max=0.05, ramp_steps=3, mask_refresh=2, mask_score=score, slorb_group=8)
 
     def tc(out):
         return TrainConfig(steps=6, batch_size=2, seq_len=16, lr=3e-3, warmup=0.2, weight_decay=0.0, ckpt_every=2,
@@ -160,7 +162,8 @@ def test_resumed_run_is_bit_identical(tiny_llama, tmp_path):
     full.fit()
     assert [r["lambda"] for r in full.history] == pytest.approx([0.05 * min(1, t / 3) for t in range(1, 7)])
     for _, m in sparse_modules(full.model):  # step 6 refreshed every mask from the dense weights
-        assert torch.equal(m.mask, magnitude_mask_24(m.weight.detach()))
+        assert torch.equal(m.mask, magnitude_mask_24(m.weight.detach())) == (score == "magnitude")
+    assert [r.get("flip_rate") is not None for r in full.history] == [False, True] * 3
     killed, _ = _build(tiny_llama, cfg, tc(tmp_path / "b"))
 
     def kill(t):
@@ -177,6 +180,50 @@ def test_resumed_run_is_bit_identical(tiny_llama, tmp_path):
     assert list(a) == list(range(1, 7)) and a == b
     sa, sb = full.unwrapped.state_dict(), resumed.unwrapped.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_wanda_mask_refresh_matches_a_hand_computed_score(tiny_llama):
+    """A refresh step's masks are ``magnitude_mask_24(|W|·‖x‖)`` with ``‖x_j‖ = sqrt(mean_tokens x_j²)`` of that
+    step's inputs; for layer 0's q/k/v the input is computed here by hand (float64 RMSNorm of the embeddings)."""
+    from sparse24.train.ast_trainer import wanda_mask_24
+
+    cfg = ASTConfig(lambda_max=0.0, mask_refresh=1, slorb_group=0)
+    tc = TrainConfig(steps=1, batch_size=3, seq_len=16, lr=1e-2, warmup=0, weight_decay=0.0, clip=0.0,
+                     eval_batches=1, progress=False, seed=random.randrange(1000))
+    trainer, _ = _build(tiny_llama, cfg, tc)
+    before = copy.deepcopy(trainer.unwrapped)
+    trainer.fit()
+    ids = batch_at(TOKENS[:-3000], 0, 3, 16, tc.seed)["input_ids"]  # the batch of step 1
+    layer = before.model.layers[0]
+    h = before.model.embed_tokens.weight.double()[ids].reshape(-1, 64)  # [tokens, d]
+    x = h / torch.sqrt(h.square().mean(-1, keepdim=True) + layer.input_layernorm.variance_epsilon)
+    x = x * layer.input_layernorm.weight.double()  # [tokens, d], the q/k/v input
+    norm = x.square().mean(0).sqrt()  # [d]
+    flips = 0
+    for proj in ("q_proj", "k_proj", "v_proj"):
+        m = trainer.unwrapped.model.layers[0].self_attn.get_submodule(proj)
+        ref = magnitude_mask_24(m.weight.detach().double().abs() * norm[None, :])
+        assert torch.equal(m.mask, ref), proj
+        flips += int((ref != magnitude_mask_24(m.weight.detach())).sum())
+        with pytest.raises(ValueError, match="col_norm"):
+            wanda_mask_24(m.weight, norm[:-1])
+    assert flips > 0  # the score is not |W| alone on this input
+
+
+def test_fixed_mask_and_magnitude_score(tiny_llama):
+    """``mask_refresh=0`` keeps the initial masks through training; ``mask_score='magnitude'`` refreshes to |W|."""
+    tc = TrainConfig(steps=3, batch_size=2, seq_len=16, lr=3e-2, warmup=0, weight_decay=0.0, eval_batches=1,
+                     progress=False)
+    for refresh, score in ((0, "wanda"), (3, "magnitude")):
+        trainer, _ = _build(tiny_llama, ASTConfig(mask_refresh=refresh, mask_score=score, slorb_group=0), tc)
+        init = {n: m.mask.clone() for n, m in sparse_modules(trainer.unwrapped)}
+        trainer.fit()
+        for n, m in sparse_modules(trainer.unwrapped):
+            want = init[n] if refresh == 0 else magnitude_mask_24(m.weight.detach())
+            assert torch.equal(m.mask, want), (refresh, n)
+        assert refresh == 0 or any(not torch.equal(init[n], m.mask) for n, m in sparse_modules(trainer.unwrapped))
+    with pytest.raises(ValueError, match="mask_score"):
+        ASTConfig(mask_score="random")
 
 
 def test_save_load_roundtrip_and_plain_hf_part(tiny_llama, tmp_path):
@@ -214,7 +261,55 @@ def _tiny_model_and_text(tiny_llama, tmp_path):
 
 def _retrain_argv(model, text, out, *extra):
     return ["--model", str(model), "--data", str(text), "--seq-len", "16", "--batch-size", "2", "--slorb-group", "8",
-            "--eval-text", str(text), "--eval-windows", "2", "--out", str(out), "--no-progress", *extra]
+            "--eval-text", str(text), "--eval-windows", "2", "--out", str(out), "--no-progress", "--init", "magnitude",
+            *extra]
+
+
+def test_default_start_is_the_one_shot_model_pruned_once(tiny_llama, tmp_path, capsys, monkeypatch):
+    """No --init: ONESHOT_METHOD prunes the model first; step 0 is that pruned model's perplexity exactly (the same
+    `sparse24 prune` run by hand), and a restart after a crash reuses the pruned start instead of pruning again."""
+    import sparse24.prune.cli as prune_cli
+    from sparse24.eval.perplexity import perplexity
+    from sparse24.train.loop import Trainer
+    from sparse24.train.retrain import ONESHOT_METHOD, main
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sparse24.cli import main as cli_main
+    from sparse24.io import read_sparse24_config
+    from sparse24.texts import tokenize_text
+
+    model, text = _tiny_model_and_text(tiny_llama, tmp_path)
+    pargs = ["--calib", str(text), "--nsamples", "4", "--seqlen", "16"]
+    argv = [a for a in _retrain_argv(model, text, tmp_path / "out", "--steps", "3", "--eval-seq-len", "24")
+            if a not in ("--init", "magnitude")] + ["--init-prune-args", " ".join(pargs), "--no-slorb"]
+    calls = []
+    real_prune, real_fit = prune_cli.prune_checkpoint, Trainer.fit
+
+    def counting(*a, **k):
+        calls.append(1)
+        return real_prune(*a, **k)
+
+    def crash(self, resume=None):
+        raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(prune_cli, "prune_checkpoint", counting)
+    monkeypatch.setattr(Trainer, "fit", crash)
+    assert main(argv) == 2 and len(calls) == 1
+    assert (tmp_path / "out.retrain-work" / f"init-{ONESHOT_METHOD}" / "sparse24_config.json").is_file()
+    monkeypatch.setattr(Trainer, "fit", real_fit)
+    assert main(argv) == 0 and len(calls) == 1  # the start was reused
+    assert "(reused)" in capsys.readouterr().out
+    assert cli_main(["prune", "--model", str(model), "--method", ONESHOT_METHOD, *pargs, "--out",
+                     str(tmp_path / "p"), "--no-progress"]) == 0
+    extra = read_sparse24_config(tmp_path / "out")["extra"]
+    ids = tokenize_text(AutoTokenizer.from_pretrained(model), text.read_text())
+    ref = perplexity(AutoModelForCausalLM.from_pretrained(tmp_path / "p"), ids, 24, max_windows=2)["ppl"]
+    assert extra["baselines_ppl"]["start"] == pytest.approx(ref, rel=1e-6)
+    assert extra["init"].startswith(f"oneshot:{ONESHOT_METHOD}") and extra["ast"]["slorb_group"] == 0
+    assert main([*argv[:-3], "--init", "magnitude", "--init-prune-args", "--nsamples 4", "--overwrite"]) == 2
+    assert "only applies to --init oneshot" in capsys.readouterr().err
+    assert main([*argv[:-3], "--init-prune-args", "--out x", "--overwrite"]) == 2
+    assert "may not set --out" in capsys.readouterr().err
 
 
 def test_retrain_command_end_to_end(tiny_llama, tmp_path, capsys):
@@ -311,6 +406,19 @@ def test_retrain_command_from_a_pruned_folder_draws_the_curve(tiny_llama, tmp_pa
     assert any(k.startswith("one-shot start") for k in lines)
     assert (tmp_path / "out" / "retrain_curve.png").read_bytes()[:4] == b"\x89PNG"
     assert "retrain_curve.csv" in capsys.readouterr().out
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "retraining_quality.py"
+    spec = importlib.util.spec_from_file_location("retraining_quality", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main([f"AST={tmp_path / 'out'}", "--out", str(tmp_path / "r" / "q.md")]) == 0
+    (row,) = json.loads((tmp_path / "r" / "q.json").read_text())
+    start, dense, last = points[0][2], lines["dense"], points[-1][2]
+    assert row["closed"] == pytest.approx((start - last) / (start - dense)) and row["tokens"] == 128
+    assert (tmp_path / "r" / "q.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| **AST** |" in (tmp_path / "r" / "q.md").read_text()
 
 
 def test_retrain_from_a_pruned_folder_starts_at_the_one_shot_model(tiny_llama, tmp_path):
@@ -371,3 +479,23 @@ def test_initial_masks_from_a_pruned_folder(tiny_llama, tmp_path):
                 for c in (keep + rest)[:2]:
                     ref[i, c] = True
         assert np.array_equal(masks[name].numpy(), ref)
+
+
+def test_switches_turn_each_ast_part_off():
+    """--no-kl / --no-decay / --no-slorb / --mask-every 0 / --mask-score zero exactly their part of ASTConfig."""
+    import argparse
+
+    from sparse24.train.retrain import add_arguments, config_from_args
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    base = config_from_args(p.parse_args(["--out", "x"]), 100)
+    assert (base.alpha_kl, base.lambda_max, base.slorb_group, base.mask_refresh, base.mask_score) == (
+        0.5, 6e-5, 16, 10, "wanda")
+    assert base.ramp_steps == 25
+    cases = {"--no-kl": {"alpha_kl": 0.0}, "--no-decay": {"lambda_max": 0.0}, "--no-slorb": {"slorb_group": 0}}
+    for flag, want in cases.items():
+        got = config_from_args(p.parse_args(["--out", "x", flag]), 100)
+        assert got == dataclasses.replace(base, **want), flag
+    got = config_from_args(p.parse_args(["--out", "x", "--mask-every", "0", "--mask-score", "magnitude"]), 100)
+    assert got == dataclasses.replace(base, mask_refresh=0, mask_score="magnitude")
