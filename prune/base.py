@@ -73,9 +73,11 @@ def register_pruner(cls: type[Pruner]) -> type[Pruner]:
 
 def _load_builtin() -> None:
     from sparse24.prune import (  # noqa: F401  (registration side effect)
+        admm,  # registers 'admm'
         armor_model,  # noqa: F401  (registers 'armor')
         ast,
         magnitude,
+        refit,  # registers 'sparsegpt-refit'
         sparsegpt,
         wanda,
     )
