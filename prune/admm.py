@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from sparse24.prune.base import LayerStats, Pruner, PruneResult, register_pruner
 from sparse24.prune.refit import REFIT, check_hessian_stats, damped_hessian, layer_error, refit_rows
-from sparse24.prune.sparsegpt import sparsegpt_24
+from sparse24.prune.sparsegpt import prepare_hessian, sparsegpt_24
 from torch import Tensor
 
 __all__ = ["AdmmPruner", "admm_mask_24", "project_24", "Factorised"]
@@ -41,7 +41,7 @@ def project_24(v: Tensor) -> Tensor:
 
 
 class Factorised:
-    """Damped Hessian of one input, its scale ``√H_jj`` and the eigendecomposition of the normalised ``H``."""
+    """Damped Hessian of one input, its scale ``√H_jj``, the normalised ``H``'s eigendecomposition, SparseGPT's U."""
 
     def __init__(self, hessian: Tensor, percdamp: float) -> None:
         self.h, self.dead = damped_hessian(hessian, percdamp)  # [in, in] float64, [in] bool
@@ -49,6 +49,7 @@ class Factorised:
         hn = self.h / self.scale.unsqueeze(1) / self.scale.unsqueeze(0)  # [in, in] unit diagonal
         lam, q = torch.linalg.eigh(hn)
         self.hn, self.lam, self.q = hn.float(), lam.float(), q.float()  # [in, in], [in], [in, in]
+        self.sparsegpt = prepare_hessian(hessian, percdamp)  # SparseGPT's U factor, for the fallback candidate
 
 
 def admm_mask_24(weight: Tensor, f: Factorised, iters: int, rho_start: float, rho_end: float) -> Tensor:
@@ -104,7 +105,7 @@ class AdmmPruner(Pruner):
         f = self._factorised(stats)
         w = weight.detach().double().clone()  # [out, in]
         w[:, f.dead] = 0.0
-        sg, sg_mask = sparsegpt_24(weight, hessian, self.blocksize, self.percdamp)
+        sg, sg_mask = sparsegpt_24(weight, None, self.blocksize, self.percdamp, prepared=f.sparsegpt)
         mask = admm_mask_24(w, f, self.iters, self.rho_start, self.rho_end)
         candidates = [(sg.double(), sg_mask), (refit_rows(w, sg_mask, f.h, start=sg, **REFIT), sg_mask),
                       (refit_rows(w, mask, f.h, **REFIT), mask)]
