@@ -43,29 +43,34 @@ def _run(cmd: list[str], log: Path) -> dict:
 
 def row(method: str, args: argparse.Namespace) -> dict:
     path = args.work / f"{method}.row.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    res: dict = {"method": method}
-    model = "smollm2-135m"
-    if method != "dense":
-        out = args.work / method
+    res: dict = json.loads(path.read_text()) if path.exists() else {"method": method}
+    if all(f"ppl@{s}" in res for s in args.seqlens):
+        return res
+    out = args.work / method
+    if method != "dense" and "prune" not in res:
         cmd = [sys.executable, "-m", "sparse24", "prune", "--method", method, "--out", str(out), "--overwrite",
                "--nsamples", str(args.nsamples), "--seqlen", str(args.calib_seqlen), "--threads", str(args.threads),
                "--no-progress"]
+        for stale in args.work.glob(f"{method}.ppl*.json"):
+            stale.unlink()
         res["prune"] = _run(cmd, args.work / f"{method}.prune.log")
         record = json.loads((out / "sparse24_config.json").read_text())["extra"]
         res.update(prune_s=record["prune_seconds"], check_24=record["check_24"], settings=record["settings"])
         res["layer_out_err_mean"] = sum(r.get("out_err", 0.0) for r in record["report"]) / len(record["report"])
-        model = str(out)
+        path.write_text(json.dumps(res, indent=2))
+    model = "smollm2-135m" if method == "dense" else str(out)
     for seqlen, windows in zip(args.seqlens, args.windows):
         js = args.work / f"{method}.ppl{seqlen}.json"
+        if f"ppl@{seqlen}" in res:
+            continue
         cmd = [sys.executable, "-m", "sparse24", "eval", model, "--ppl", args.text, "--seqlen", str(seqlen),
                "--max-windows", str(windows), "--batch-size", "1", "--threads", str(args.threads), "--no-progress",
                "--out", str(js)]
-        res[f"eval{seqlen}"] = _run(cmd, args.work / f"{method}.ppl{seqlen}.log")
+        if not js.exists():  # an eval finished before an interruption is kept
+            res[f"eval{seqlen}"] = _run(cmd, args.work / f"{method}.ppl{seqlen}.log")
         res[f"ppl@{seqlen}"] = json.loads(js.read_text())["perplexity"][args.text]["ppl"]
-    res["extra_params"] = 0
-    path.write_text(json.dumps(res, indent=2))
+        res["extra_params"] = 0
+        path.write_text(json.dumps(res, indent=2))
     return res
 
 
@@ -76,14 +81,15 @@ def report(rows: list[dict], args: argparse.Namespace) -> None:
             "llmcompressor_sparsegpt": LLMC_SPARSEGPT}
     (RESULTS / "oneshot_quality.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     sg = next((r for r in rows if r["method"] == "sparsegpt"), None)
-    head = (["method"] + [f"ppl@{s}" for s in args.seqlens] + ["vs sparse24 SparseGPT @512", "vs llm-compressor @512",
+    seqlens = sorted({int(k[4:]) for r in rows for k in r if k.startswith("ppl@")})
+    head = (["method"] + [f"ppl@{s}" for s in seqlens] + ["vs sparse24 SparseGPT @512", "vs llm-compressor @512",
             "prune s (cpu s)", "load before → after", "peak RSS MB", "extra params", "2:4"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         p = r.get("prune")
         vs_sg = f"{100 * (r['ppl@512'] / sg['ppl@512'] - 1):+.1f} %" if sg and r["method"] != "dense" else ""
         vs_llmc = f"{100 * (r['ppl@512'] / LLMC_SPARSEGPT['ppl@512'] - 1):+.1f} %" if r["method"] != "dense" else ""
-        cells = [r["method"]] + [f"{r[f'ppl@{s}']:.2f}" for s in args.seqlens] + [
+        cells = [r["method"]] + [f"{r[f'ppl@{s}']:.2f}" if f"ppl@{s}" in r else "—" for s in seqlens] + [
             vs_sg, vs_llmc, f"{r['prune_s']} ({p['cpu_s']})" if p else "", f"{p['load_before']} → {p['load_after']}"
             if p else "", str(p["peak_rss_mb"]) if p else "", "0" if p else "", r.get("check_24", "")]
         lines.append("| " + " | ".join(cells) + " |")
