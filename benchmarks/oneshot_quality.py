@@ -41,33 +41,37 @@ def _run(cmd: list[str], log: Path) -> dict:
             "peak_rss_mb": round(usage.ru_maxrss / 1024), "load_before": load0, "load_after": _load()}
 
 
-def row(method: str, args: argparse.Namespace) -> dict:
-    path = args.work / f"{method}.row.json"
-    res: dict = json.loads(path.read_text()) if path.exists() else {"method": method}
+def row(spec: str, args: argparse.Namespace) -> dict:
+    """``spec`` is a method name, or ``method:label`` for a second row of one method (e.g. after a default changed;
+    the row records the pruner's settings)."""
+    method, _, label = spec.partition(":")
+    name = f"{method}-{label}" if label else method
+    path = args.work / f"{name}.row.json"
+    res: dict = json.loads(path.read_text()) if path.exists() else {"method": method, "row": name}
     if all(f"ppl@{s}" in res for s in args.seqlens):
         return res
-    out = args.work / method
+    out = args.work / name
     if method != "dense" and "prune" not in res:
         cmd = [sys.executable, "-m", "sparse24", "prune", "--method", method, "--out", str(out), "--overwrite",
                "--nsamples", str(args.nsamples), "--seqlen", str(args.calib_seqlen), "--threads", str(args.threads),
                "--no-progress"]
-        for stale in args.work.glob(f"{method}.ppl*.json"):
+        for stale in args.work.glob(f"{name}.ppl*.json"):
             stale.unlink()
-        res["prune"] = _run(cmd, args.work / f"{method}.prune.log")
+        res["prune"] = _run(cmd, args.work / f"{name}.prune.log")
         record = json.loads((out / "sparse24_config.json").read_text())["extra"]
         res.update(prune_s=record["prune_seconds"], check_24=record["check_24"], settings=record["settings"])
         res["layer_out_err_mean"] = sum(r.get("out_err", 0.0) for r in record["report"]) / len(record["report"])
         path.write_text(json.dumps(res, indent=2))
     model = "smollm2-135m" if method == "dense" else str(out)
     for seqlen, windows in zip(args.seqlens, args.windows):
-        js = args.work / f"{method}.ppl{seqlen}.json"
+        js = args.work / f"{name}.ppl{seqlen}.json"
         if f"ppl@{seqlen}" in res:
             continue
         cmd = [sys.executable, "-m", "sparse24", "eval", model, "--ppl", args.text, "--seqlen", str(seqlen),
                "--max-windows", str(windows), "--batch-size", "1", "--threads", str(args.threads), "--no-progress",
                "--out", str(js)]
         if not js.exists():  # an eval finished before an interruption is kept
-            res[f"eval{seqlen}"] = _run(cmd, args.work / f"{method}.ppl{seqlen}.log")
+            res[f"eval{seqlen}"] = _run(cmd, args.work / f"{name}.ppl{seqlen}.log")
         res[f"ppl@{seqlen}"] = json.loads(js.read_text())["perplexity"][args.text]["ppl"]
         res["extra_params"] = 0
         path.write_text(json.dumps(res, indent=2))
@@ -80,18 +84,19 @@ def report(rows: list[dict], args: argparse.Namespace) -> None:
             "text": args.text, "seqlens": args.seqlens, "windows": args.windows, "cpus": os.cpu_count(),
             "llmcompressor_sparsegpt": LLMC_SPARSEGPT}
     (RESULTS / "oneshot_quality.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    sg = next((r for r in rows if r["method"] == "sparsegpt"), None)
+    sg = next((r for r in rows if r.get("row", r["method"]) == "sparsegpt"), None)
     seqlens = sorted({int(k[4:]) for r in rows for k in r if k.startswith("ppl@")})
     head = (["method"] + [f"ppl@{s}" for s in seqlens] + ["vs sparse24 SparseGPT @512", "vs llm-compressor @512",
-            "prune s (cpu s)", "load before → after", "peak RSS MB", "extra params", "2:4"])
+            "prune s (cpu s)", "load before → after", "peak RSS MB", "extra params", "2:4", "settings"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         p = r.get("prune")
         vs_sg = f"{100 * (r['ppl@512'] / sg['ppl@512'] - 1):+.1f} %" if sg and r["method"] != "dense" else ""
         vs_llmc = f"{100 * (r['ppl@512'] / LLMC_SPARSEGPT['ppl@512'] - 1):+.1f} %" if r["method"] != "dense" else ""
-        cells = [r["method"]] + [f"{r[f'ppl@{s}']:.2f}" if f"ppl@{s}" in r else "—" for s in seqlens] + [
+        cells = [r.get("row", r["method"])] + [f"{r[f'ppl@{s}']:.2f}" if f"ppl@{s}" in r else "—" for s in seqlens] + [
             vs_sg, vs_llmc, f"{r['prune_s']} ({p['cpu_s']})" if p else "", f"{p['load_before']} → {p['load_after']}"
-            if p else "", str(p["peak_rss_mb"]) if p else "", "0" if p else "", r.get("check_24", "")]
+            if p else "", str(p["peak_rss_mb"]) if p else "", "0" if p else "", r.get("check_24", ""),
+            ", ".join(f"{k}={v}" for k, v in r.get("settings", {}).items() if k != "compute_dtype")]
         lines.append("| " + " | ".join(cells) + " |")
     text = "\n".join([
         "# One-shot 2:4 without extra parameters: SparseGPT vs its refits (SmolLM2-135M-Instruct)", "",
@@ -126,7 +131,7 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     rows = []
     for m in args.methods:
-        if args.report_only and not (args.work / f"{m}.row.json").exists():
+        if args.report_only and not (args.work / f"{m.replace(':', '-')}.row.json").exists():
             continue
         rows.append(row(m, args))
         print(json.dumps(rows[-1]), flush=True)
