@@ -109,6 +109,7 @@ def report(rows: list[dict], args: argparse.Namespace) -> None:
         + " tokens (the windows of `llmcompressor_compare.md`, whose llm-compressor SparseGPT row is "
         f"{LLMC_SPARSEGPT['ppl@2048']} @2048 / {LLMC_SPARSEGPT['ppl@512']} @512). `prune s` is the layer loop alone; "
         "cpu s is the whole prune process's CPU time.", "", *lines, "",
+        *([args.notes.read_text()] if args.notes else []),
     ])
     (RESULTS / "oneshot_quality.md").write_text(text)
     print(text)
@@ -125,6 +126,7 @@ def main() -> None:
     p.add_argument("--methods", nargs="+", default=["dense", "sparsegpt", "sparsegpt-refit", "admm"])
     p.add_argument("--work", type=Path, default=Path("out/oneshot_quality"))
     p.add_argument("--report-only", action="store_true", help="rewrite the tables from the finished rows")
+    p.add_argument("--notes", type=Path, default=None, help="a markdown file appended to the results")
     args = p.parse_args()
     if len(args.seqlens) != len(args.windows):
         raise SystemExit("--seqlens and --windows need the same number of values")
