@@ -86,15 +86,18 @@ def report(rows: list[dict], args: argparse.Namespace) -> None:
     (RESULTS / "oneshot_quality.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     sg = next((r for r in rows if r.get("row", r["method"]) == "sparsegpt"), None)
     seqlens = sorted({int(k[4:]) for r in rows for k in r if k.startswith("ppl@")})
-    head = (["method"] + [f"ppl@{s}" for s in seqlens] + ["vs sparse24 SparseGPT @512", "vs llm-compressor @512",
+    llmc = [s for s in seqlens if f"ppl@{s}" in LLMC_SPARSEGPT]
+    head = (["method"] + [f"ppl@{s}" for s in seqlens] + ["vs sparse24 SparseGPT @512"]
+            + [f"vs llm-compressor @{s}" for s in llmc] + [
             "prune s (cpu s)", "load before → after", "peak RSS MB", "extra params", "2:4", "settings"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         p = r.get("prune")
         vs_sg = f"{100 * (r['ppl@512'] / sg['ppl@512'] - 1):+.1f} %" if sg and r["method"] != "dense" else ""
-        vs_llmc = f"{100 * (r['ppl@512'] / LLMC_SPARSEGPT['ppl@512'] - 1):+.1f} %" if r["method"] != "dense" else ""
+        vs_llmc = [f"{100 * (r[f'ppl@{s}'] / LLMC_SPARSEGPT[f'ppl@{s}'] - 1):+.1f} %"
+                   if r["method"] != "dense" and f"ppl@{s}" in r else "" for s in llmc]
         cells = [r.get("row", r["method"])] + [f"{r[f'ppl@{s}']:.2f}" if f"ppl@{s}" in r else "—" for s in seqlens] + [
-            vs_sg, vs_llmc, f"{r['prune_s']} ({p['cpu_s']})" if p else "", f"{p['load_before']} → {p['load_after']}"
+            vs_sg, *vs_llmc, f"{r['prune_s']} ({p['cpu_s']})" if p else "", f"{p['load_before']} → {p['load_after']}"
             if p else "", str(p["peak_rss_mb"]) if p else "", "0" if p else "", r.get("check_24", ""),
             ", ".join(f"{k}={v}" for k, v in r.get("settings", {}).items() if k != "compute_dtype")]
         lines.append("| " + " | ".join(cells) + " |")
