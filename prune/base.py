@@ -139,7 +139,14 @@ def register_pruner(cls: type[Pruner]) -> type[Pruner]:
 
 
 def _load_builtin() -> None:
-    from sparse24.prune import armor_pruner, magnitude, sparsegpt, wanda  # noqa: F401  (registration side effect)
+    from sparse24.prune import (  # noqa: F401  (registration side effect)
+        admm,
+        armor_pruner,
+        magnitude,
+        refit,
+        sparsegpt,
+        wanda,
+    )
 
 
 def pruner_class(name: str) -> type[Pruner]:
@@ -160,7 +167,7 @@ def get_pruner(name: str, args: Any = None, **kwargs: Any) -> Pruner:
 def method_table() -> str:
     """One line per registered method, for ``--method list``."""
     _load_builtin()
-    rows = [f"  {n:<10} data={c.stats:<8} feed={'pruned' if c.sequential else 'dense':<6} {c.summary}"
+    rows = [f"  {n:<16} data={c.stats:<8} feed={'pruned' if c.sequential else 'dense':<6} {c.summary}"
             for n, c in sorted(PRUNERS.items())]
-    moved = [f"  {n:<10} {msg}" for n, msg in sorted(MOVED.items())]
+    moved = [f"  {n:<16} {msg}" for n, msg in sorted(MOVED.items())]
     return "pruning methods:\n" + "\n".join(rows) + ("\nelsewhere:\n" + "\n".join(moved) if moved else "")

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from sparse24.masks import magnitude_mask_24
 
-__all__ = ["SparseGPTArgs", "SparseGPTPruner", "sparsegpt_24", "inverse_cholesky"]
+__all__ = ["SparseGPTArgs", "SparseGPTPruner", "sparsegpt_24", "inverse_cholesky", "prepare_hessian"]
 
 
 def inverse_cholesky(h: Tensor, percdamp: float = 0.01, max_retries: int = 5) -> tuple[Tensor, float]:
@@ -45,33 +45,53 @@ def inverse_cholesky(h: Tensor, percdamp: float = 0.01, max_retries: int = 5) ->
                        "use more calibration samples (--nsamples) or a larger --percdamp")
 
 
-def sparsegpt_24(weight: Tensor, hessian: Tensor, blocksize: int = 128, percdamp: float = 0.01,
-                 dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor]:
-    """Prune ``weight`` ``[out, in]`` to 2:4 with OBS updates; returns ``(pruned weight (weight.dtype), keep-mask)``."""
+def prepare_hessian(hessian: Tensor, percdamp: float = 0.01) -> tuple[Tensor, Tensor]:
+    """``(U, dead)``: the float64 upper Cholesky factor of the damped ``H⁻¹`` and the dead-input mask ``[in]``.
+
+    Everything SparseGPT needs from ``H``; computed once per distinct input (q/k/v and gate/up share it)."""
+    h = hessian.detach().double().clone()  # [in, in]
+    dead = torch.diagonal(h) == 0
+    h[dead, dead] = 1.0
+    u, _ = inverse_cholesky(h, percdamp)  # [in, in] upper
+    return u, dead
+
+
+def sparsegpt_24(weight: Tensor, hessian: Tensor | None, blocksize: int = 128, percdamp: float = 0.01,
+                 dtype: torch.dtype = torch.float64,
+                 prepared: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+    """Prune ``weight`` ``[out, in]`` to 2:4 with OBS updates; returns ``(pruned weight, keep-mask)``.
+
+    ``dtype`` is the column loop's dtype (the factorisation is always float64); ``prepared`` is
+    :func:`prepare_hessian`'s result when the caller already has it (then ``hessian`` is not read).
+    Inside a block, each group of 4 columns is OBS-updated column by column on the group only, and its errors reach
+    the rest of the block in one product (the same arithmetic as column-wise updates, fewer and larger operations).
+    """
     rows, cols = weight.shape
     if cols % 4 or blocksize % 4:
         raise ValueError(f"SparseGPT 2:4 needs in_features ({cols}) and blocksize ({blocksize}) divisible by 4")
+    u64, dead = prepared if prepared is not None else prepare_hessian(hessian, percdamp)
     w = weight.detach().to(dtype).clone()  # [out, in]
-    h = hessian.detach().to(device=w.device, dtype=dtype).clone()  # [in, in]
-    dead = torch.diagonal(h) == 0
-    h[dead, dead] = 1.0
     w[:, dead] = 0.0
-    u, _ = inverse_cholesky(h, percdamp)  # [in, in] upper
+    u = u64.to(device=w.device, dtype=dtype)  # [in, in] upper
     pruned = torch.zeros(rows, cols, dtype=torch.bool, device=w.device)
     for b0 in range(0, cols, blocksize):
         b1 = min(b0 + blocksize, cols)
         w1, u1 = w[:, b0:b1].clone(), u[b0:b1, b0:b1]  # [out, B], [B, B]
         q1, err1 = torch.zeros_like(w1), torch.zeros_like(w1)
         d1 = torch.diagonal(u1)  # [B]
-        for i in range(b1 - b0):
-            if i % 4 == 0:
-                score = w1[:, i : i + 4] ** 2 / d1[i : i + 4] ** 2  # [out, 4]
-                pruned[:, b0 + i : b0 + i + 4] = ~magnitude_mask_24(score)
-            col = w1[:, i]
-            q = col.masked_fill(pruned[:, b0 + i], 0.0)
-            e = (col - q) / d1[i]  # [out]
-            w1[:, i:] -= e.unsqueeze(1) * u1[i, i:].unsqueeze(0)
-            q1[:, i], err1[:, i] = q, e
+        for g in range(0, b1 - b0, 4):
+            score = w1[:, g : g + 4] ** 2 / d1[g : g + 4] ** 2  # [out, 4]
+            gone = ~magnitude_mask_24(score)  # [out, 4]
+            pruned[:, b0 + g : b0 + g + 4] = gone
+            wg = w1[:, g : g + 4]  # [out, 4] view
+            for j in range(4):
+                i = g + j
+                col = wg[:, j]
+                q = col.masked_fill(gone[:, j], 0.0)
+                e = (col - q) / d1[i]  # [out]
+                wg[:, j:] -= e.unsqueeze(1) * u1[i, i : g + 4].unsqueeze(0)
+                q1[:, i], err1[:, i] = q, e
+            w1[:, g + 4 :] -= err1[:, g : g + 4] @ u1[g : g + 4, g + 4 :]
         w[:, b0:b1] = q1
         w[:, b1:] -= err1 @ u[b0:b1, b1:]
     mask = ~pruned
@@ -100,11 +120,17 @@ class SparseGPTPruner(Pruner):
     summary = "OBS: prune the 2 smallest w²/[H⁻¹]_jj of every 4 and update the rest (block 128, damp 0.01)"
     Args = SparseGPTArgs
 
+    def __init__(self, args: SparseGPTArgs | None = None, **kwargs: Any) -> None:
+        super().__init__(args, **kwargs)
+        self._cache: tuple[LayerStats, tuple[Tensor, Tensor]] | None = None  # q/k/v (gate/up) share one input
+
     def settings(self) -> dict[str, Any]:
         return {**super().settings(), "compute_dtype": "float64"}
 
     def prune(self, weight: Tensor, stats: LayerStats | None) -> PruneResult:
         if stats is None or stats.hessian is None:
             raise ValueError("sparsegpt needs the input Hessian; run it through the driver (sparse24 prune)")
-        w, mask = sparsegpt_24(weight, stats.hessian, self.args.blocksize, self.args.percdamp)
+        if self._cache is None or self._cache[0] is not stats:
+            self._cache = (stats, prepare_hessian(stats.hessian, self.args.percdamp))
+        w, mask = sparsegpt_24(weight, None, self.args.blocksize, self.args.percdamp, prepared=self._cache[1])
         return PruneResult(w, mask)

@@ -22,13 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from sparse24.prune.cli import DEFAULT_METHOD as ONESHOT_METHOD  # what --init oneshot (the default) runs
 from sparse24.prune.slorb import INITS
 from sparse24.train.ast_trainer import ASTConfig, make_ast_trainer, make_student, masks_from_pruned
 from torch import Tensor, nn
 
 __all__ = ["ONESHOT_METHOD", "load_init", "oneshot_init", "add_arguments", "run", "retrain", "main", "DESCRIPTION"]
 
-ONESHOT_METHOD = "sparsegpt"  # the best one-shot pruner: what --init oneshot (the default) runs
 _PRUNE_OWNED = ("--model", "--method", "--out", "--overwrite", "--quick")  # set by retrain, not by --init-prune-args
 _INIT_MARKER = "retrain_init.json"
 
@@ -96,7 +96,7 @@ is exactly the one-shot model); or 'magnitude' (dense weights, magnitude masks).
 run restarted with the same arguments resumes bit-identically from <out>.retrain-work/; other arguments are refused."""
 
 EPILOG = """examples:
-  sparse24 retrain --tokens 500000 --out pruned/ast       # one-shot SparseGPT start, then AST
+  sparse24 retrain --tokens 500000 --out pruned/ast       # one-shot start (sparse24 prune's default), then AST
   sparse24 retrain --init-prune-args='--nsamples 32 --seqlen 512' --tokens 100000 --threads 2 --out pruned/ast-cpu
   sparse24 prune --method sparsegpt --out pruned/sgpt
   sparse24 retrain --init pruned/sgpt --tokens 500000 --eval-tokens 50000 --out pruned/sgpt-ast

@@ -1,0 +1,140 @@
+"""ADMM 2:4 mask search + exact refit (the ``admm`` pruner; Boža 2024 arXiv 2401.02938, ALPS arXiv 2406.07831).
+
+Per linear, minimise the calibration output error ``Σ_rows (w − ŵ)ᵀ H (w − ŵ)`` over 2:4-sparse ``Ŵ`` by ADMM on the
+split ``Ŵ = Z``, ``Z`` 2:4:
+
+    Ŵ ← (W H + ρ (Z − U)) (H + ρI)⁻¹        (all rows at once; H + ρI through one eigendecomposition of H)
+    Z ← Π_2:4(Ŵ + U)                          (keep the 2 largest |·| of every 4)
+    U ← U + Ŵ − Z
+
+with the penalty ``ρ`` rising geometrically from ``rho_start`` to ``rho_end`` over ``iters`` steps (defaults 0.1 → 10 in
+40 steps: on SmolLM2's layers 15/30/60 steps give 93/97/100 % of the 60-step gain over the refit), so the mask is
+chosen while the weights can still move (small ρ) and freezes as ρ grows. The work is done in the input-normalised
+basis (columns scaled by ``√H_jj``, so ``H`` has a unit diagonal and ``|Ŵ|`` there is Wanda's score), float32 for the
+iterations. Then the kept weights of the final mask are re-fitted exactly (:func:`sparse24.prune.refit.refit_rows`).
+
+Per row the result is the best (lowest undamped calibration error) of three candidates: this ADMM mask + refit,
+SparseGPT's mask + refit, and SparseGPT itself (its own damping 0.01) — so it is never worse than ``sparsegpt`` on
+the calibration data. ``percdamp`` (default 0.01, as SparseGPT) damps the ADMM and the refit: the ridge
+``λ‖w − ŵ‖²`` towards the dense weights. 0.05 had a 1.7 % lower held-out layer error on SmolLM2-135M layers 2/15/28
+but a 1.3 % higher end-to-end perplexity (63.66 vs 62.84 at 512), so the default stays 0.01.
+Linears that share one input (q/k/v, gate/up: the driver hands them the same statistics object) share one
+eigendecomposition. No extra parameters, no retraining.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from sparse24.prune.args import flag
+from sparse24.prune.base import LayerStats, Pruner, PruneResult, register_pruner
+from sparse24.prune.refit import REFIT, check_hessian_stats, damped_hessian, layer_error, refit_rows
+from sparse24.prune.sparsegpt import prepare_hessian, sparsegpt_24
+from torch import Tensor
+
+__all__ = ["AdmmPruner", "admm_mask_24", "project_24", "Factorised"]
+
+
+def project_24(v: Tensor) -> Tensor:
+    """Bool mask keeping the 2 largest ``|v|`` of every aligned group of 4 along the last dim (ties: any 2)."""
+    a = v.abs().reshape(-1, 4)  # [G, 4]
+    keep = torch.zeros(a.shape, dtype=torch.bool, device=v.device)
+    keep.scatter_(1, a.topk(2, dim=1).indices, True)
+    return keep.reshape(v.shape)
+
+
+class Factorised:
+    """Damped Hessian of one input, its scale ``√H_jj``, the normalised ``H``'s eigendecomposition, SparseGPT's U."""
+
+    def __init__(self, hessian: Tensor, percdamp: float, sparsegpt_percdamp: float = 0.01) -> None:
+        self.h, self.dead = damped_hessian(hessian, percdamp)  # [in, in] float64, [in] bool
+        self.scale = torch.diagonal(self.h).sqrt()  # [in]
+        hn = self.h / self.scale.unsqueeze(1) / self.scale.unsqueeze(0)  # [in, in] unit diagonal
+        lam, q = torch.linalg.eigh(hn)
+        self.hn, self.lam, self.q = hn.float(), lam.float(), q.float()  # [in, in], [in], [in, in]
+        self.sparsegpt = prepare_hessian(hessian, sparsegpt_percdamp)  # SparseGPT's own U, for the fallback
+
+
+def admm_mask_24(weight: Tensor, f: Factorised, iters: int, rho_start: float, rho_end: float) -> Tensor:
+    """The 2:4 keep-mask ``[out, in]`` that the ADMM iteration settles on (see the module docstring)."""
+    wn = (weight.detach().double() * f.scale).float()  # [out, in] normalised basis
+    base = wn @ f.hn  # [out, in]  W H
+    keep = project_24(wn)
+    z, u = wn * keep, torch.zeros_like(wn)
+    growth = (rho_end / rho_start) ** (1.0 / max(iters - 1, 1))
+    rho = rho_start
+    for _ in range(iters):
+        x = (((base + rho * (z - u)) @ f.q) / (f.lam + rho)) @ f.q.t()  # [out, in]
+        keep = project_24(x + u)
+        z = (x + u) * keep
+        u += x - z
+        rho *= growth
+    return keep
+
+
+@dataclass(frozen=True)
+class AdmmArgs:
+    """ADMM's hyperparameters (``--method admm``)."""
+
+    iters: int = flag(40, "ADMM steps of the 2:4 mask search per linear (80 buys ~0.6 %% lower layer error at 2x the "
+                      "time)", name="--admm-iters")
+    rho_start: float = flag(0.1, "ADMM penalty at the first step (relative to the normalised Hessian)",
+                            name="--admm-rho-start")
+    rho_end: float = flag(10.0, "ADMM penalty at the last step (grown geometrically from --admm-rho-start)",
+                          name="--admm-rho-end")
+    percdamp: float = flag(0.01, "damping of the ADMM and refit Hessian, a fraction of mean diag(H)",
+                           name="--admm-percdamp")
+    blocksize: int = flag(128, "column block of the SparseGPT candidate ADMM is compared against",
+                          name="--admm-blocksize")
+
+    def __post_init__(self) -> None:
+        if self.iters < 1:
+            raise ValueError(f"--admm-iters {self.iters}: must be >= 1 (40 is the default)")
+        if not 0 < self.rho_start <= self.rho_end:
+            raise ValueError(f"--admm-rho-start {self.rho_start}, --admm-rho-end {self.rho_end}: need "
+                             "0 < rho_start <= rho_end")
+        if self.percdamp <= 0:
+            raise ValueError(f"--admm-percdamp {self.percdamp}: must be > 0 (0.01 is SparseGPT's value)")
+        if self.blocksize <= 0 or self.blocksize % 4:
+            raise ValueError(f"--admm-blocksize {self.blocksize}: must be a positive multiple of 4")
+
+
+@register_pruner
+class AdmmPruner(Pruner):
+    name = "admm"
+    stats = "hessian"
+    sequential = True
+    summary = "ADMM 2:4 mask search on the layer Hessian + exact refit; never worse than SparseGPT per row (default)"
+    Args = AdmmArgs
+
+    def __init__(self, args: AdmmArgs | None = None, **kwargs: Any) -> None:
+        super().__init__(args, **kwargs)
+        self._cache: tuple[LayerStats, Factorised] | None = None  # last input's factorisation (q/k/v share it)
+
+    def settings(self) -> dict[str, Any]:
+        return {**super().settings(), "compute_dtype": "float32 ADMM and refit, float64 Hessian and errors"}
+
+    def _factorised(self, stats: LayerStats) -> Factorised:
+        if self._cache is None or self._cache[0] is not stats:
+            self._cache = (stats, Factorised(check_hessian_stats(stats, self.name), self.args.percdamp))
+        return self._cache[1]
+
+    def prune(self, weight: Tensor, stats: LayerStats | None) -> PruneResult:
+        hessian = check_hessian_stats(stats, self.name)
+        f = self._factorised(stats)
+        w = weight.detach().double().clone()  # [out, in]
+        w[:, f.dead] = 0.0
+        sg, sg_mask = sparsegpt_24(weight, None, self.args.blocksize, prepared=f.sparsegpt)  # SparseGPT's defaults
+        mask = admm_mask_24(w, f, self.args.iters, self.args.rho_start, self.args.rho_end)
+        candidates = [(sg.double(), sg_mask), (refit_rows(w, sg_mask, f.h, start=sg, **REFIT), sg_mask),
+                      (refit_rows(w, mask, f.h, **REFIT), mask)]
+        errs = torch.stack([layer_error(weight, c * m, hessian) for c, m in candidates])  # [3, out]
+        best = errs.argmin(0)  # [out] ties: the earlier candidate (SparseGPT first)
+        new = torch.zeros_like(w)
+        keep = torch.zeros_like(sg_mask)
+        for i, (c, m) in enumerate(candidates):
+            rows = best == i
+            new[rows], keep[rows] = (c * m)[rows], m[rows]
+        return PruneResult(new.to(weight.dtype), keep)
