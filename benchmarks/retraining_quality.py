@@ -130,9 +130,14 @@ def write(rows: list[dict[str, Any]], out: Path, notes: list[str]) -> None:
              *notes, "", f"Command: `python benchmarks/retraining_quality.py {shlex.join(sys.argv[1:])}`"]
     atomic_write_text(out, "\n".join(lines) + "\n")
     atomic_write_json(out.with_suffix(".json"), rows)
-    buf = ["run,tokens,step,perplexity"] + [f"{r['label']},{t},{s},{p}" for r in rows for t, s, p in r["points"]]
-    buf += [f"# dense,,,{head['dense']}", f"# one-shot start,,,{head['start']}"]
-    atomic_write_text(out.with_suffix(".csv"), "\n".join(buf) + "\n")
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")  # labels may hold commas
+    w.writerow(["run", "tokens", "step", "perplexity"])
+    w.writerows([r["label"], t, s, p] for r in rows for t, s, p in r["points"])
+    w.writerows([["# dense", "", "", head["dense"]], ["# one-shot start", "", "", head["start"]]])
+    atomic_write_text(out.with_suffix(".csv"), buf.getvalue())
     plot(rows, out.with_suffix(".png"))
     print("\n".join(lines))
 
