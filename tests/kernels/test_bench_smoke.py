@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 
 from benchmarks import plot
@@ -54,9 +53,8 @@ def test_bench_cli_smoke_writes_csvs_and_plots(tmp_path):
     assert (tmp_path / "gemm_bf16_speedup.png").stat().st_size > 1000
 
 
-@pytest.mark.slow
 def test_run_gpu_sh_smoke(tmp_path):
-    """The GPU run script itself, every stage on the CPU (about a minute on two busy cores)."""
+    """The GPU run script itself, every stage on the CPU (~20 s on two free cores): CI proves it runs."""
     env = {**os.environ, "PYTHON": sys.executable}
     res = subprocess.run(["bash", "benchmarks/run_gpu.sh", "--smoke", str(tmp_path)], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=600)
