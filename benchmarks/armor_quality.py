@@ -68,13 +68,13 @@ def prune(method: str, method_args, out: Path, args: argparse.Namespace):
 def main() -> None:
     args = parse()
     import transformers
-    from sparse24.eval.perplexity import perplexity
     from sparse24.prune.armor import ArmorArgs
     from sparse24.prune.sparsegpt import SparseGPTArgs
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from sparse24 import __version__
     from sparse24.assets import resolve_model
+    from sparse24.perplexity import perplexity
     from sparse24.texts import read_text, tokenize_text
 
     model_dir = resolve_model(args.model)

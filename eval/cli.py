@@ -110,7 +110,7 @@ def evaluate(model: nn.Module, tokenizer: Any, *, ppl_texts: list[str], seqlen: 
              tasks: list[str], limit: float | None, batch_size: int, device: str, seed: int = 0,
              progress: bool = True, say=print) -> dict[str, Any]:
     """Perplexity on each text and zero-shot accuracy on each task for a live model."""
-    from sparse24.eval.perplexity import text_perplexity
+    from sparse24.perplexity import text_perplexity
 
     out: dict[str, Any] = {"perplexity": {}, "zeroshot": {}}
     for name in ppl_texts:

@@ -7,13 +7,13 @@ from local files, so nothing is downloaded. :func:`task_dir` writes ``<cache>/ta
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from importlib import resources
 from pathlib import Path
 
 from sparse24.assets import cache_dir, olmo_dataset, olmo_requests
+from sparse24.fileio import atomic_write_text
 
 __all__ = ["TASKS", "task_dir", "write_yamls", "write_task_data", "hellaswag_doc"]
 
@@ -56,9 +56,7 @@ def write_task_data(data_dir: Path) -> None:
     for task in TASKS:
         path = data_dir / f"{task}.jsonl"
         if not path.is_file():
-            tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in _rows(task)), encoding="utf-8")
-            os.replace(tmp, path)
+            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in _rows(task)))
 
 
 def write_yamls(yaml_dir: Path, data_dir: Path) -> Path:

@@ -6,7 +6,7 @@ twice and checked against the dense product before it is used. torch's search (`
 alg id, split-K and its mode, and the real maximum alg id of this library and layout) proposes one configuration,
 which is guarded; only if it fails is every alg id guarded and timed. Once per (weight shape, token bucket, dtype,
 device, library versions). Results live in ``~/.cache/sparse24/cslt_algs.json``
-(``SPARSE24_CACHE_DIR`` overrides), written atomically (temp file + ``os.replace``), so concurrent jobs never read a
+(``SPARSE24_CACHE`` moves it), written atomically (temp file + rename), so concurrent jobs never read a
 half-written file; the last writer wins, which is harmless because entries are deterministic choices.
 
 The search/guard logic takes callables (``run(alg_id) -> Tensor``, ``timer(fn) -> seconds``) so it is tested on the
@@ -19,7 +19,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -35,8 +34,9 @@ __all__ = ["AlgCache", "guard_ok", "search_alg_id", "tune", "torch_search", "tok
 
 
 def default_cache_path() -> Path:
-    root = os.environ.get("SPARSE24_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "sparse24")
-    return Path(root) / "cslt_algs.json"
+    from sparse24.assets import cache_dir
+
+    return cache_dir() / "cslt_algs.json"
 
 
 class AlgCache:
@@ -65,15 +65,9 @@ class AlgCache:
     def put(self, key: str, config: int | tuple[int, int, int]) -> None:
         data = self._load()
         data[key] = _entry(config)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".cslt_algs.", suffix=".tmp", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(data, f, indent=1, sort_keys=True)
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        from sparse24.fileio import atomic_write_text
+
+        atomic_write_text(self.path, json.dumps(data, indent=1, sort_keys=True))
 
 
 def _entry(v) -> tuple[int, int, int]:

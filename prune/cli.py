@@ -283,10 +283,10 @@ def _versions() -> dict[str, str]:
 
 def quick_eval(result: Pruned, label: str, ev: EvalArgs, calib_seqlen: int, progress: bool = True) -> dict[str, Any]:
     """Dense vs pruned perplexity on ``ev.text`` (same windows for both); prints a table, writes quick_eval.json."""
-    from sparse24.eval.perplexity import perplexity
     from transformers import AutoModelForCausalLM
 
     from sparse24.fileio import atomic_write_json
+    from sparse24.perplexity import perplexity
     from sparse24.texts import read_text, tokenize_text
 
     seqlen = ev.seqlen or calib_seqlen

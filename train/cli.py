@@ -58,6 +58,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--warmup", type=float, help="warm-up as a fraction of --steps")
     g.add_argument("--decay", type=float, help="SR-STE masked-decay lambda (srste recipes)")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--precision", choices=("auto", "no", "bf16", "fp16"), default="auto", help="mixed precision "
+                   "(accelerate): auto = bf16 autocast on CUDA, so fp32 master weights run the 2:4 GEMMs on the "
+                   "sparse kernels in bf16; none on the CPU (default: auto)")
     g = p.add_argument_group("output")
     g.add_argument("--out", type=Path, default=Path("runs/train"), help="run folder (default: runs/train)")
     g.add_argument("--ckpt-every", type=int, default=100, help="checkpoint every N steps, 0 = never (default: 100)")
@@ -105,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
              tokenizer=args.tokenizer, vocab_size=args.vocab_size, backend=args.backend, steps=args.steps,
              batch_size=args.batch_size, seq_len=args.seq_len, grad_accum=args.grad_accum, seed=args.seed,
              ckpt_every=args.ckpt_every, keep_checkpoints=args.keep, eval_every=args.eval_every,
-             eval_batches=args.eval_batches, progress=not args.no_progress)
+             eval_batches=args.eval_batches, progress=not args.no_progress, precision=args.precision)
     if int(os.environ.get("RANK", "0")) != 0:  # under accelerate launch the main process reports
         return 0
     s = summary(args.out)

@@ -23,7 +23,7 @@ __all__ = ["score", "ppl_hook", "baselines", "write_curve"]
 
 def score(model: nn.Module, tokens: torch.Tensor, seqlen: int, windows: int) -> float:
     """Perplexity of ``model`` on the first ``windows`` non-overlapping windows of ``tokens`` (training mode kept)."""
-    from sparse24.eval.perplexity import perplexity
+    from sparse24.perplexity import perplexity
 
     was_training = model.training
     try:

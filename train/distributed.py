@@ -31,15 +31,31 @@ def fsdp_requested() -> bool:
     return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
 
 
-def make_accelerator() -> Any:
-    """An ``Accelerator`` for this process: DDP or FSDP2 as launched; FSDP2 over gloo when there is no GPU."""
+PRECISIONS = ("auto", "no", "bf16", "fp16")
+
+
+def resolve_precision(precision: str, cpu: bool) -> str:
+    """``auto``: bf16 autocast on CUDA (fp32 master weights, the 2:4 GEMMs in bf16 on the sparse kernels), none on
+    the CPU; ``bf16``/``fp16`` need a GPU."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision {precision}: choose one of {', '.join(PRECISIONS)}")
+    mp = ("no" if cpu else "bf16") if precision == "auto" else precision
+    if cpu and mp != "no":
+        raise ValueError(f"--precision {mp} needs a CUDA GPU (autocast on the CPU is not used); pass --precision no")
+    return mp
+
+
+def make_accelerator(precision: str = "auto", cpu: bool | None = None) -> Any:
+    """An ``Accelerator`` for this process: DDP or FSDP2 as launched (FSDP2 over gloo when there is no GPU), with
+    accelerate's mixed precision from ``precision`` (see :func:`resolve_precision`)."""
     from accelerate import Accelerator, PartialState
     from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
     if fsdp_requested() and os.environ.get("FSDP_VERSION", "1") != "2":
         raise ValueError("sparse24 train supports FSDP2 only (fully_shard): set fsdp_version: 2 in the accelerate "
                          "config (see train/accelerate/fsdp2.yaml)")
-    acc = Accelerator(cpu=not torch.cuda.is_available())
+    cpu = not torch.cuda.is_available() if cpu is None else cpu
+    acc = Accelerator(cpu=cpu, mixed_precision=resolve_precision(precision, cpu))
     if fsdp_requested() and acc.distributed_type == DistributedType.MULTI_CPU:
         # accelerate only turns FSDP on for accelerators; fully_shard itself runs on CPU tensors over gloo
         # (every later AcceleratorState() re-reads PartialState's type, so both are set)

@@ -80,6 +80,7 @@ class TrainConfig:
     out_dir: Path | None = None
     seed: int = 0
     progress: bool = True
+    precision: str = "auto"  # accelerate mixed precision: auto = bf16 autocast on CUDA, none on the CPU
     extra: dict = field(default_factory=dict)  # recorded in checkpoints (recipe, model, data)
 
     @property
@@ -113,7 +114,7 @@ class Trainer:
         from sparse24.train.distributed import check_shards, make_accelerator, seed_mvue_streams
 
         self.cfg, self.get_batch, self.loss_fn = cfg, get_batch, loss_fn
-        self.accelerator = accelerator or make_accelerator()
+        self.accelerator = accelerator or make_accelerator(cfg.precision)
         opt = optimizer or torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr,
                                              betas=tuple(cfg.betas), eps=1e-8)
         self.model, self.optimizer = self.accelerator.prepare(model, opt)  # FSDP2: weights sharded by rows

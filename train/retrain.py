@@ -161,7 +161,7 @@ def add_arguments(p: Any) -> None:
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, or auto (default)")
     g.add_argument("--dtype", default="auto", help="weights: auto (float32 on CPU, checkpoint dtype on GPU), "
                    "float32, bfloat16, float16")
-    g.add_argument("--mixed-precision", choices=("auto", "no", "bf16", "fp16"), default="auto", help="autocast of "
+    g.add_argument("--precision", choices=("auto", "no", "bf16", "fp16"), default="auto", help="autocast of "
                    "the forward passes: auto = bf16 on CUDA, none on CPU (default auto)")
     g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     g.add_argument("--eval-every", type=int, default=0, help="validation loss every N steps (0: at the end)")
@@ -279,19 +279,15 @@ def _trainer(args: Any, job: _Job, steps: int) -> tuple[Any, dict[str, Any]]:
     targets = args.targets if args.targets is not None else (sorted(masks) if masks else ["*"])
     make_student(student, cfg, masks, lambda m, fqn: isinstance(m, nn.Linear) and matches(fqn, targets, args.ignore))
     trainer = make_ast_trainer(student, teacher, cfg, tc, job.ids[:-n_val], job.ids[-n_val:],
-                               accelerator=_accelerator(job.device, args.mixed_precision))
+                               accelerator=_accelerator(job.device, args.precision))
     return trainer, record
 
 
-def _accelerator(device: str, mixed_precision: str) -> Any:
-    """The accelerate ``Accelerator`` of ``--device``/``--mixed-precision`` (auto: bf16 autocast on CUDA)."""
-    from accelerate import Accelerator
+def _accelerator(device: str, precision: str) -> Any:
+    """The accelerate ``Accelerator`` of ``--device``/``--precision`` (auto: bf16 autocast on CUDA)."""
+    from sparse24.train.distributed import make_accelerator
 
-    cpu = not str(device).startswith("cuda")
-    mp = ("no" if cpu else "bf16") if mixed_precision == "auto" else mixed_precision
-    if cpu and mp != "no":
-        raise ValueError(f"--mixed-precision {mp} needs --device cuda; on CPU use --mixed-precision no")
-    return Accelerator(cpu=cpu, mixed_precision=mp)
+    return make_accelerator(precision, cpu=not str(device).startswith("cuda"))
 
 
 def _dense_params(trainer: Any) -> list[Tensor]:

@@ -18,7 +18,7 @@ def _model_tok(folder):
 
 
 def test_perplexity_equals_hand_computation(tiny_model_dir):
-    from sparse24.eval.perplexity import perplexity
+    from sparse24.perplexity import perplexity
 
     model, _ = _model_tok(tiny_model_dir)
     tokens = torch.randint(0, 300, (203,))

@@ -77,8 +77,9 @@ def test_iter_text_pieces_join_to_read_text(tmp_path):
 
 
 def test_text_perplexity_streamed_equals_whole_text(tiny_model_dir, tmp_path):
-    from sparse24.eval.perplexity import perplexity, text_perplexity
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sparse24.perplexity import perplexity, text_perplexity
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
@@ -92,7 +93,7 @@ def test_text_perplexity_streamed_equals_whole_text(tiny_model_dir, tmp_path):
 
 
 def test_work_and_memory_do_not_grow_with_the_text(tmp_path, tiny_tokenizer):
-    from sparse24.eval.perplexity import text_perplexity
+    from sparse24.perplexity import text_perplexity
 
     tok = _Counting(tiny_tokenizer)
     peaks = {}
@@ -113,7 +114,7 @@ def test_work_and_memory_do_not_grow_with_the_text(tmp_path, tiny_tokenizer):
 
 
 def test_logits_budget_caps_windows_per_forward(monkeypatch):
-    import sparse24.eval.perplexity as ppl
+    import sparse24.perplexity as ppl
 
     model = _Uniform(vocab=100)
     monkeypatch.setattr(ppl, "LOGITS_BUDGET", 2 * 64 * 100 * 4)  # room for two windows' logits

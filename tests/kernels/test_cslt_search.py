@@ -28,7 +28,7 @@ def test_cache_roundtrip_atomic_and_corrupt_file(tmp_path):
 
 
 def test_default_path_honours_env(monkeypatch, tmp_path):
-    monkeypatch.setenv("SPARSE24_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("SPARSE24_CACHE", str(tmp_path))
     assert AlgCache().path == tmp_path / "cslt_algs.json"
 
 

@@ -269,13 +269,13 @@ def test_default_start_is_the_one_shot_model_pruned_once(tiny_llama, tmp_path, c
     """No --init: ONESHOT_METHOD prunes the model first; step 0 is that pruned model's perplexity exactly (the same
     `sparse24 prune` run by hand), and a restart after a crash reuses the pruned start instead of pruning again."""
     import sparse24.prune.cli as prune_cli
-    from sparse24.eval.perplexity import perplexity
     from sparse24.train.loop import Trainer
     from sparse24.train.retrain import ONESHOT_METHOD, main
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from sparse24.cli import main as cli_main
     from sparse24.io import read_sparse24_config
+    from sparse24.perplexity import perplexity
     from sparse24.texts import tokenize_text
 
     model, text = _tiny_model_and_text(tiny_llama, tmp_path)
@@ -379,11 +379,11 @@ def test_retrain_command_from_a_pruned_folder_draws_the_curve(tiny_llama, tmp_pa
     is the one-shot model), the dense line is the dense model's, points every --eval-tokens and at the end."""
     import csv
 
-    from sparse24.eval.perplexity import perplexity
     from sparse24.train.retrain import main as retrain_main
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from sparse24.cli import main
+    from sparse24.perplexity import perplexity
     from sparse24.texts import tokenize_text
 
     model, text = _tiny_model_and_text(tiny_llama, tmp_path)
