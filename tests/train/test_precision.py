@@ -4,9 +4,9 @@ kernels); on the CPU none, and asking for it is refused with the fix, before any
 from __future__ import annotations
 
 import pytest
+from sparse24.train.distributed import make_accelerator, resolve_precision
 
 from sparse24.cli import main
-from sparse24.train.distributed import make_accelerator, resolve_precision
 
 
 @pytest.mark.parametrize("precision,cpu,want", [("auto", False, "bf16"), ("auto", True, "no"), ("fp16", False, "fp16"),
