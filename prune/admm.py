@@ -31,7 +31,7 @@ import torch
 from sparse24.prune.args import flag
 from sparse24.prune.base import LayerStats, Pruner, PruneResult, register_pruner
 from sparse24.prune.refit import REFIT, check_hessian_stats, damped_hessian, layer_error, refit_rows
-from sparse24.prune.sparsegpt import prepare_hessian, sparsegpt_24
+from sparse24.prune.sparsegpt import check_obs_args, prepare_hessian, sparsegpt_24
 from torch import Tensor
 
 __all__ = ["AdmmPruner", "admm_mask_24", "project_24", "Factorised"]
@@ -95,10 +95,7 @@ class AdmmArgs:
         if not 0 < self.rho_start <= self.rho_end:
             raise ValueError(f"--admm-rho-start {self.rho_start}, --admm-rho-end {self.rho_end}: need "
                              "0 < rho_start <= rho_end")
-        if self.percdamp <= 0:
-            raise ValueError(f"--admm-percdamp {self.percdamp}: must be > 0 (0.01 is SparseGPT's value)")
-        if self.blocksize <= 0 or self.blocksize % 4:
-            raise ValueError(f"--admm-blocksize {self.blocksize}: must be a positive multiple of 4")
+        check_obs_args(self)
 
 
 @register_pruner

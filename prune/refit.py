@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from sparse24.prune.args import flag
 from sparse24.prune.base import LayerStats, Pruner, PruneResult, register_pruner
-from sparse24.prune.sparsegpt import sparsegpt_24
+from sparse24.prune.sparsegpt import check_obs_args, sparsegpt_24
 from torch import Tensor
 
 __all__ = ["REFIT", "damped_hessian", "refit_rows", "layer_error", "check_hessian_stats", "SparseGPTRefitPruner"]
@@ -102,10 +102,7 @@ class RefitArgs:
                            name="--refit-percdamp")
 
     def __post_init__(self) -> None:
-        if self.blocksize <= 0 or self.blocksize % 4:
-            raise ValueError(f"--refit-blocksize {self.blocksize}: must be a positive multiple of 4")
-        if self.percdamp <= 0:
-            raise ValueError(f"--refit-percdamp {self.percdamp}: must be > 0 (0.01 is SparseGPT's value)")
+        check_obs_args(self)
 
 
 @register_pruner

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from sparse24.masks import magnitude_mask_24
 
-__all__ = ["SparseGPTArgs", "SparseGPTPruner", "sparsegpt_24", "inverse_cholesky", "prepare_hessian"]
+__all__ = ["SparseGPTArgs", "SparseGPTPruner", "check_obs_args", "sparsegpt_24", "inverse_cholesky", "prepare_hessian"]
 
 
 def inverse_cholesky(h: Tensor, percdamp: float = 0.01, max_retries: int = 5) -> tuple[Tensor, float]:
@@ -106,10 +106,18 @@ class SparseGPTArgs:
     percdamp: float = flag(0.01, "SparseGPT damping, a fraction of mean diag(H) added to the Hessian's diagonal")
 
     def __post_init__(self) -> None:
-        if self.blocksize <= 0 or self.blocksize % 4:
-            raise ValueError(f"--blocksize {self.blocksize}: must be a positive multiple of 4")
-        if self.percdamp <= 0:
-            raise ValueError(f"--percdamp {self.percdamp}: must be > 0 (0.01 is the paper's value)")
+        check_obs_args(self)
+
+
+def check_obs_args(args: Any) -> None:
+    """Validate an Args group's ``blocksize`` (a positive multiple of 4) and ``percdamp`` (> 0), naming its flags."""
+    from sparse24.prune.args import flag_name
+
+    if args.blocksize <= 0 or args.blocksize % 4:
+        raise ValueError(f"{flag_name(type(args), 'blocksize')} {args.blocksize}: must be a positive multiple of 4")
+    if args.percdamp <= 0:
+        raise ValueError(f"{flag_name(type(args), 'percdamp')} {args.percdamp}: must be > 0 (0.01 is SparseGPT's "
+                         "value)")
 
 
 @register_pruner
