@@ -106,17 +106,11 @@ class AdmmPruner(Pruner):
     summary = "ADMM 2:4 mask search on the layer Hessian + exact refit; never worse than SparseGPT per row (default)"
     Args = AdmmArgs
 
-    def __init__(self, args: AdmmArgs | None = None, **kwargs: Any) -> None:
-        super().__init__(args, **kwargs)
-        self._cache: tuple[LayerStats, Factorised] | None = None  # last input's factorisation (q/k/v share it)
-
     def settings(self) -> dict[str, Any]:
         return {**super().settings(), "compute_dtype": "float32 ADMM and refit, float64 Hessian and errors"}
 
     def _factorised(self, stats: LayerStats) -> Factorised:
-        if self._cache is None or self._cache[0] is not stats:
-            self._cache = (stats, Factorised(check_hessian_stats(stats, self.name), self.args.percdamp))
-        return self._cache[1]
+        return self.per_input(stats, lambda: Factorised(check_hessian_stats(stats, self.name), self.args.percdamp))
 
     def prune(self, weight: Tensor, stats: LayerStats | None) -> PruneResult:
         hessian = check_hessian_stats(stats, self.name)

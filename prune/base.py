@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from sparse24.prune.args import NoArgs
 from torch import Tensor
@@ -36,6 +37,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["LayerStats", "PruneResult", "Pruner", "register_pruner", "get_pruner", "pruner_class", "PRUNERS",
            "MOVED", "method_table"]
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -89,6 +92,14 @@ class Pruner:
 
     def prune(self, weight: Tensor, stats: LayerStats | None) -> PruneResult:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def per_input(self, stats: LayerStats, build: Callable[[], T]) -> T:
+        """``build()`` computed once per input: the driver hands the linears that share one input (q/k/v, gate/up)
+        the same ``LayerStats``, so what a pruner derives from it (a factorisation) is reused until the next input."""
+        cached = getattr(self, "_per_input", None)
+        if cached is None or cached[0] is not stats:
+            cached = self._per_input = (stats, build())
+        return cached[1]
 
     def settings(self) -> dict[str, Any]:
         """Hyperparameters recorded in ``sparse24_config.json`` (and compared on resume)."""

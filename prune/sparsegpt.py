@@ -128,17 +128,12 @@ class SparseGPTPruner(Pruner):
     summary = "OBS: prune the 2 smallest w²/[H⁻¹]_jj of every 4 and update the rest (block 128, damp 0.01)"
     Args = SparseGPTArgs
 
-    def __init__(self, args: SparseGPTArgs | None = None, **kwargs: Any) -> None:
-        super().__init__(args, **kwargs)
-        self._cache: tuple[LayerStats, tuple[Tensor, Tensor]] | None = None  # q/k/v (gate/up) share one input
-
     def settings(self) -> dict[str, Any]:
         return {**super().settings(), "compute_dtype": "float64"}
 
     def prune(self, weight: Tensor, stats: LayerStats | None) -> PruneResult:
         if stats is None or stats.hessian is None:
             raise ValueError("sparsegpt needs the input Hessian; run it through the driver (sparse24 prune)")
-        if self._cache is None or self._cache[0] is not stats:
-            self._cache = (stats, prepare_hessian(stats.hessian, self.args.percdamp))
-        w, mask = sparsegpt_24(weight, None, self.args.blocksize, self.args.percdamp, prepared=self._cache[1])
+        prepared = self.per_input(stats, lambda: prepare_hessian(stats.hessian, self.args.percdamp))
+        w, mask = sparsegpt_24(weight, None, self.args.blocksize, self.args.percdamp, prepared=prepared)
         return PruneResult(w, mask)
