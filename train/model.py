@@ -15,6 +15,7 @@ __all__ = ["PRESETS", "build_model", "check_seq_len"]
 # name -> (family, layers, hidden, heads). Llama presets use SwiGLU with intermediate = 8/3 hidden (multiple of 64).
 PRESETS: dict[str, tuple[str, int, int, int]] = {
     "llama-tiny": ("llama", 2, 64, 4),
+    "llama-mini": ("llama", 4, 128, 4),
     "llama-small": ("llama", 4, 256, 4),
     "llama-base": ("llama", 6, 512, 8),
     "gpt2-tiny": ("gpt2", 2, 64, 4),

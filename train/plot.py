@@ -12,7 +12,8 @@ from typing import Any
 
 from sparse24.train.telemetry import read_jsonl
 
-__all__ = ["plot_losses", "plot_final_losses", "plot_flip_rates", "plot_curve", "final_losses", "smooth", "FLIP_LABELS"]
+__all__ = ["plot_losses", "plot_final_losses", "plot_flip_rates", "plot_curve", "plot_bands", "final_losses", "smooth",
+           "FLIP_LABELS"]
 
 # what each flip-rate key measures, in words (axis label, title)
 FLIP_LABELS = {
@@ -99,12 +100,14 @@ def final_losses(run_dirs: list[str | Path]) -> dict[str, dict[str, float | None
 
 def plot_final_losses(finals: dict[str, dict[str, float | None]], out: str | Path, reference: str | None = "dense",
                       drift: dict[str, float | None] | None = None, note: str = "") -> Path:
-    """Final validation loss per run as points with ±2 SE error bars on a zoomed axis, each labelled with its
-    difference to ``reference``; with ``drift``, a second panel of mask drift as bars, axes in words."""
+    """Final validation loss per run as points with ±2 SE error bars (or, where given, ``ci``: a 95 % interval over
+    seeds) on a zoomed axis, each labelled with its difference to ``reference``; with ``drift``, a second panel
+    of mask drift as bars, axes in words."""
     plt = _plt()
     names = list(finals)
     vals = [finals[n]["val"] for n in names]
-    errs = [2 * (finals[n].get("se") or 0.0) for n in names]
+    over_seeds = any(finals[n].get("ci") is not None for n in names)  # 95 % interval over seeds instead of 2 SE
+    errs = [(finals[n].get("ci") or 0.0) if over_seeds else 2 * (finals[n].get("se") or 0.0) for n in names]
     panels = 2 if drift else 1
     fig, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 0.5 * len(names) + 2.2), squeeze=False)
     ax = axes[0][0]
@@ -125,7 +128,8 @@ def plot_final_losses(finals: dict[str, dict[str, float | None]], out: str | Pat
     ax.set_yticks(ys, names)
     ax.set_ylim(-0.6, len(names) - 0.4)
     ax.grid(axis="x", alpha=0.3)
-    ax.set(xlabel="final validation loss (nats/token; axis zoomed)" + (", ± 2 standard errors" if has_se else ""),
+    spread = ", 95 % interval of the mean over seeds" if over_seeds else ", ± 2 standard errors"
+    ax.set(xlabel="final validation loss (nats/token; axis zoomed)" + (spread if has_se else ""),
            title="final validation loss per recipe (lower is better)")
     if not has_se:
         note = (note + "; " if note else "") + "no error bars: the spread over validation batches was not recorded"
@@ -164,6 +168,50 @@ def plot_curve(points: list[tuple[float, float]], lines: dict[str, float], out: 
            title=title)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return Path(out)
+
+
+def _band(curves: list[list[tuple[float, float]]]) -> tuple[list[float], list[float], list[float], list[float]]:
+    """x values every curve has, and the mean, min and max of y over the curves at each of them."""
+    common = sorted(set.intersection(*(set(x for x, _ in c) for c in curves)))
+    ys = [[dict(c)[x] for c in curves] for x in common]
+    return common, [sum(y) / len(y) for y in ys], [min(y) for y in ys], [max(y) for y in ys]
+
+
+def plot_bands(groups: dict[str, list[list[tuple[float, float]]]], out: str | Path, xlabel: str, ylabel: str,
+               title: str, log: bool = False, zoom: float | None = None) -> Path:
+    """One line per group (the mean over its curves, e.g. seeds) with the min–max range shaded; with ``zoom``, a
+    second panel on the last ``zoom`` fraction of x, its y-range fitted to that part."""
+    plt = _plt()
+    panels = 2 if zoom else 1
+    fig, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 5), squeeze=False)
+    bands = {name: _band(curves) for name, curves in groups.items() if curves and all(curves)}
+    for j, ax in enumerate(axes[0]):
+        lo, hi = float("inf"), float("-inf")
+        for i, (name, (x, mean, low, high)) in enumerate(bands.items()):
+            if j == 1:
+                start = max(x) * (1 - zoom) if x else 0
+                keep = [k for k, v in enumerate(x) if v >= start]
+                x, mean, low, high = ([seq[k] for k in keep] for seq in (x, mean, low, high))
+                lo, hi = min([lo, *low]), max([hi, *high])
+            n = len(groups[name])
+            ax.plot(x, mean, "-", color=f"C{i}", lw=1.5, label=f"{name} (mean of {n})" if n > 1 else name)
+            if n > 1:
+                ax.fill_between(x, low, high, color=f"C{i}", alpha=0.2, lw=0)
+        if j == 1 and lo < hi:
+            pad = 0.05 * (hi - lo)
+            ax.set_ylim(lo - pad, hi + pad)
+        ax.set(xlabel=xlabel, ylabel=ylabel + (" (log scale)" if log else ""), yscale="log" if log else "linear",
+               title=title if j == 0 else f"zoom: the last {zoom:.0%}")
+        ax.grid(alpha=0.3, which="both")
+        if bands:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "nothing to draw yet", ha="center", va="center", transform=ax.transAxes)
+    fig.suptitle("lines: mean over seeds; shaded: min–max over seeds", fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)

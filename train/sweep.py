@@ -18,7 +18,8 @@ __all__ = ["sweep_decay"]
 
 def sweep_decay(lambdas: list[float], steps: int, recipe: str = "srste_decay_ft", every: int = 1,
                 **make_kw: Any) -> list[dict[str, float]]:
-    """``[{"decay", "flip_rate", "final_loss"}]``; ``make_kw`` go to :func:`sparse24.train.pretrain.make_trainer`."""
+    """``[{"decay", "flip_rate", "final_loss", "val_loss"}]`` (``val_loss``: None without validation batches);
+    ``make_kw`` go to :func:`sparse24.train.pretrain.make_trainer`."""
     from sparse24.train.pretrain import make_trainer
     from sparse24.train.recipe import load_recipe
     from sparse24.train.telemetry import MaskDriftMonitor
@@ -34,7 +35,7 @@ def sweep_decay(lambdas: list[float], steps: int, recipe: str = "srste_decay_ft"
         rows = trainer.fit()
         late = [x["drift_flip_rate"] for x in rows[steps // 2 :] if x.get("drift_flip_rate") is not None]
         out.append({"decay": float(lam), "flip_rate": sum(late) / max(len(late), 1) / every,
-                    "final_loss": rows[-1]["loss"]})
+                    "final_loss": rows[-1]["loss"], "val_loss": rows[-1].get("val_loss")})
     return out
 
 
