@@ -366,14 +366,16 @@ def plots(metrics: dict[str, dict[int, list[dict]]], base: Path, finals: dict, d
         return {n: [list(zip([r["tokens"] for r in rows], smooth([r["loss"] for r in rows], 10)))
                     for rows in seeds.values()] for n, seeds in metrics.items()}
 
-    sparse = {n: c for n, c in curves("drift_flip_rate", lambda r: r["drift_flip_rate"] > 0).items() if any(c)}
+    sparse = curves("drift_flip_rate", lambda r: r["drift_flip_rate"] > 0 and not r.get("dense"))  # 2:4 phases only
     return [plot_bands(curves("val_loss"), Path(f"{base}_loss.png"), "training tokens", "validation loss (nats/token)",
                        "validation loss per recipe", zoom=0.5),
             plot_bands(train_curves(), Path(f"{base}_train.png"), "training tokens",
                        "training loss (nats/token, moving average of 50 steps)", "training loss per recipe", zoom=0.5),
             plot_bands(sparse, Path(f"{base}_flips.png"), "training tokens",
                        f"fraction of mask bits changed over {DRIFT_EVERY} steps", "mask drift per recipe", log=True),
-            plot_final_losses(finals, Path(f"{base}_final.png"), drift=drift)]
+            plot_final_losses(finals, Path(f"{base}_final.png"), reference=None, drift=drift,
+                              axis=("final validation loss vs dense, per seed (%): mean and 95 % interval",
+                                    "gap to dense per recipe (lower is better; 0 = dense)"))]
 
 
 def report(base: Path, plan: Plan, meta: dict[str, Any]) -> Path:
@@ -402,7 +404,9 @@ def report(base: Path, plan: Plan, meta: dict[str, Any]) -> Path:
                       "gap_vs_dense_rel": None if gap is None else dataclasses.asdict(gap),
                       "drift_mean": sum(dr) / len(dr) if dr else None, "tokens_per_s_median": tps,
                       "tokens": next(iter(runs.values()))["tokens"], "seconds": secs}
-        finals[n] = {"val": fv.mean, "ci": fv.ci}
+        # the figure shows what the table reads: the per-seed gap to dense and its interval (dense: the 0 line)
+        finals[n] = {"val": 0.0 if gap is None else 100 * gap.mean, "ci": None if gap is None or gap.ci is None
+                     else 100 * gap.ci}
         drift[n] = summary[n]["drift_mean"]
         std = f" ± {fv.std:.4f}" if fv.std is not None else ""
         secs_mean = f"{sum(secs) / len(secs):.0f}" if secs else "—"
@@ -432,7 +436,8 @@ def report(base: Path, plan: Plan, meta: dict[str, Any]) -> Path:
         *head, "",
         "## The papers' claims at this scale", "",
         "Rule: a claim \"a ≤ b + margin\" is **supported** when the whole 95 % interval of the per-seed difference "
-        "lies below the margin, **not supported** when it lies above, inconclusive otherwise.", "",
+        "lies below the margin, **not supported** when it lies above, inconclusive otherwise (with one seed: the "
+        "mean alone, no interval).", "",
         "| claim | measured | reading |", "|---|---|---|",
         *[f"| {c} | {m} | {r} |" for c, m, r in reading], "",
     ]
@@ -512,7 +517,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.plot_only:
         metrics = load_metrics(tag_dir)
         summary = json.loads(meta_path.read_text())["recipes"]
-        for png in plots(metrics, base, {n: {"val": v["mean"], "ci": None} for n, v in summary.items()},
+        gaps = {n: v["gap_vs_dense_rel"] for n, v in summary.items()}
+        for png in plots(metrics, base, {n: {"val": 100 * g["mean"], "ci": g["ci"] and 100 * g["ci"]} if g else
+                                         {"val": 0.0, "ci": None} for n, g in gaps.items()},
                          {n: v["drift_mean"] for n, v in summary.items()}):
             print(png)
         return 0
@@ -531,6 +538,12 @@ def main(argv: list[str] | None = None) -> int:
                 "wall_s": (meta.get("wall_s", 0) if resumed else 0) + time.time() - t0,
                 "load_end": [round(x, 2) for x in os.getloadavg()], "decay": decay, "sweep": sweep,
                 "decay_rule": pick_decay(sweep)[1] if sweep else f"given (--decay {args.decay})"}
+    elif not meta.get("sweep") and (runs / "sweep").is_dir():  # a report before the table's first full call ended
+        from sparse24.train.sweep import pick_decay
+
+        sweep = [json.loads(f.read_text()) for f in sorted((runs / "sweep").glob("lambda_*.json"))]
+        if any(r["decay"] == 0.0 for r in sweep):
+            meta = {**meta, "sweep": sweep, "decay": pick_decay(sweep)[0], "decay_rule": pick_decay(sweep)[1]}
     commit_metrics(runs, list(dict.fromkeys(args.recipes + [d.name for d in tag_dir.glob("*") if d.is_dir()])),
                    plan.seeds, tag_dir)
     print(report(base, plan, meta))

@@ -99,10 +99,12 @@ def final_losses(run_dirs: list[str | Path]) -> dict[str, dict[str, float | None
 
 
 def plot_final_losses(finals: dict[str, dict[str, float | None]], out: str | Path, reference: str | None = "dense",
-                      drift: dict[str, float | None] | None = None, note: str = "") -> Path:
+                      drift: dict[str, float | None] | None = None, note: str = "",
+                      axis: tuple[str, str] | None = None) -> Path:
     """Final validation loss per run as points with ±2 SE error bars (or, where given, ``ci``: a 95 % interval over
     seeds) on a zoomed axis, each labelled with its difference to ``reference``; with ``drift``, a second panel
-    of mask drift as bars, axes in words."""
+    of mask drift as bars, axes in words. ``axis`` = (x label, title) when the values are not losses (e.g. gaps
+    to dense in %, with ``reference=None``)."""
     plt = _plt()
     names = list(finals)
     vals = [finals[n]["val"] for n in names]
@@ -121,7 +123,8 @@ def plot_final_losses(finals: dict[str, dict[str, float | None]], out: str | Pat
     ax.set_xlim(lo - pad, hi + 2.5 * pad)
     ref = finals.get(reference, {}).get("val") if reference else None
     for y, v, e in zip(ys, vals, errs):
-        label = f"{v:.3f}" + (f" ({100 * (v / ref - 1):+.2f} % vs {reference})" if ref and v is not None else "")
+        label = (f"{v:+.2f}" + (f" [{v - e:+.2f}, {v + e:+.2f}]" if e else "") if axis else f"{v:.3f}") + (
+            f" ({100 * (v / ref - 1):+.2f} % vs {reference})" if ref and v is not None else "")
         ax.text(v + e + 0.3 * pad, y, label, va="center", fontsize=8)
     if ref:
         ax.axvline(ref, color="k", lw=0.8, ls="--")
@@ -129,10 +132,12 @@ def plot_final_losses(finals: dict[str, dict[str, float | None]], out: str | Pat
     ax.set_ylim(-0.6, len(names) - 0.4)
     ax.grid(axis="x", alpha=0.3)
     spread = ", 95 % interval of the mean over seeds" if over_seeds else ", ± 2 standard errors"
-    ax.set(xlabel="final validation loss (nats/token; axis zoomed)" + (spread if has_se else ""),
-           title="final validation loss per recipe (lower is better)")
+    xlabel, title = axis or ("final validation loss (nats/token; axis zoomed)" + (spread if has_se else ""),
+                             "final validation loss per recipe (lower is better)")
+    ax.set(xlabel=xlabel, title=title)
     if not has_se:
-        note = (note + "; " if note else "") + "no error bars: the spread over validation batches was not recorded"
+        note = (note + "; " if note else "") + ("no error bars: one value each (one seed)" if axis else
+                                                "no error bars: the spread over validation batches was not recorded")
     if drift:
         ax2 = axes[0][1]
         dv = [drift.get(n) for n in names]
@@ -183,15 +188,17 @@ def _band(curves: list[list[tuple[float, float]]]) -> tuple[list[float], list[fl
 
 def plot_bands(groups: dict[str, list[list[tuple[float, float]]]], out: str | Path, xlabel: str, ylabel: str,
                title: str, log: bool = False, zoom: float | None = None) -> Path:
-    """One line per group (the mean over its curves, e.g. seeds) with the min–max range shaded; with ``zoom``, a
-    second panel on the last ``zoom`` fraction of x, its y-range fitted to that part."""
+    """One line per group (the mean over its curves, e.g. seeds) with the min–max range shaded; a group without
+    points keeps its colour but draws nothing. With ``zoom``, a second panel on the last ``zoom`` fraction of x, its
+    y-range fitted to that part."""
     plt = _plt()
     panels = 2 if zoom else 1
     fig, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 5), squeeze=False)
-    bands = {name: _band(curves) for name, curves in groups.items() if curves and all(curves)}
+    # colours follow the order of ``groups``, empty groups included, so one name has one colour in every plot
+    bands = {name: (i, _band(curves)) for i, (name, curves) in enumerate(groups.items()) if curves and all(curves)}
     for j, ax in enumerate(axes[0]):
         lo, hi = float("inf"), float("-inf")
-        for i, (name, (x, mean, low, high)) in enumerate(bands.items()):
+        for name, (i, (x, mean, low, high)) in bands.items():
             if j == 1:
                 start = max(x) * (1 - zoom) if x else 0
                 keep = [k for k, v in enumerate(x) if v >= start]
