@@ -273,6 +273,8 @@ def prune_layers(model_dir: Path, pruner: Pruner, calib: Tensor | None, opts: Dr
     model = skeleton(model_dir)
     layers, reader = decoder_layers(model), ShardReader(model_dir)
     names = _targets(layers, opts)
+    pruner.setup(model, {full: layers[i].get_submodule(sub) for i, sel in enumerate(names)
+                         for full, sub in sel.items()})
     if pruner.stats != "none" and calib is None:
         raise ValueError(f"method {pruner.name!r} needs calibration data (--calib)")
     start, hidden = state.resume_point()
