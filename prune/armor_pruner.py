@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from sparse24.prune.armor import ArmorArgs, ArmorResult, armor_layer, block_size_for_budget
+from sparse24.prune.armor import ArmorArgs, ArmorResult, armor_layer, block_size_for_budget, resolve_block_size
 from sparse24.prune.armor_linear import ArmorLinear, armor_modules, save_armor
 from sparse24.prune.base import LayerStats, Pruner, PruneResult, get_pruner, pruner_class, register_pruner
 from sparse24.prune.refit import check_hessian_stats, layer_error
@@ -28,6 +28,9 @@ from sparse24.runtime import set_module
 __all__ = ["ArmorPruner", "assemble_armor", "check_cores_24", "identity_result"]
 
 LEAVES = ("a_blocks", "b_blocks", "core")
+# ARMOR's layer replaces the one-shot layer only when its float64 layer error is lower by more than this (relative):
+# smaller "gains" are float32 rounding of the factorised form (seen with lr 0: 1e-9 relative), not an improvement
+KEEP_RTOL = 1e-6
 
 
 def identity_result(weight: Tensor, mask: Tensor, bs: int) -> ArmorResult:
@@ -67,8 +70,11 @@ class ArmorPruner(Pruner):
         return {**super().settings(), "init_settings": self.init_pruner.settings()}
 
     def setup(self, model: nn.Module, linears: dict[str, nn.Module]) -> None:
-        """Resolve ``--armor-budget`` into one block size from the model's parameter count and the pruned shapes."""
+        """Resolve ``--armor-budget`` into one block size from the model's parameter count and the pruned shapes, or
+        check ``--block-size`` against every pruned linear (a misfit fails before any calibration work)."""
         if self.args.budget is None:
+            for m in linears.values():
+                resolve_block_size(self.args.block_size, m.out_features, m.in_features)
             return
         total = sum(p.numel() for p in model.parameters())
         shapes = [(m.out_features, m.in_features) for m in linears.values()]
@@ -85,7 +91,7 @@ class ArmorPruner(Pruner):
         w_eff = mod.dense_weight().to(weight.dtype)
         err0 = float(layer_error(weight, start.weight, hessian).sum())  # float64, what the one-shot layer scores
         err = float(layer_error(weight, w_eff, hessian).sum())
-        improved = res.accepted > 0 and err < err0
+        improved = res.accepted > 0 and err < err0 * (1 - KEEP_RTOL)
         if not improved:  # keep the one-shot layer exactly (A' = B' = I, core = its weights)
             mod = ArmorLinear.from_result(identity_result(start.weight, start.mask, mod.block_size), None,
                                           dtype=weight.dtype)
