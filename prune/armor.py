@@ -7,8 +7,9 @@ scale-free). Differences from the paper, and why:
 - **Start**: the mask *and updated weights* of a registered one-shot pruner (``--armor-init``, default ``admm``) with
   ``A = B = I``, instead of NoWag-P: before any iteration the layer *is* the one-shot layer.
 - **Objective**: the layer's calibration reconstruction error ``tr((Ŵ−W) H (Ŵ−W)ᵀ) / tr(W H Wᵀ)`` with the full input
-  Hessian ``H`` (what ADMM/SparseGPT minimise), not NoWag's diagonal proxy: the start is a point of the same objective,
-  so "never worse than the one-shot layer" is a statement about the number those methods report.
+  Hessian ``H`` (what ADMM/SparseGPT minimise) damped like theirs (``H + λI``, ``--armor-percdamp``: a ridge towards
+  the dense weights), not NoWag's diagonal proxy: the start is a point of the same objective, so "never worse than
+  the one-shot layer" is a statement about the number those methods report (the pruner checks it undamped).
 - **Discrete step**: with a full ``H`` two groups of one output block interact through H's off-diagonal blocks, so a
   *round* updates one group per output block ``J`` (all blocks at once: different output rows never interact), exactly
   (best of the 6 supports, least-squares values; the old values are kept unless strictly better); ``sparse_steps``
@@ -88,6 +89,9 @@ class ArmorArgs:
     atol: float = 1e-12
     select: str = flag("gradient_random", "group choice per output block: proportional to the L1 of dL/dZ, argmax, "
                        "or uniform", name="--armor-select", choices=SELECTIONS)
+    percdamp: float = flag(0.01, "ridge towards the dense weights in ARMOR's objective, a fraction of mean diag(H) "
+                           "added to H (as admm/SparseGPT): without it the many A/B parameters fit H's near-null "
+                           "directions with huge weights when calibration is short", name="--armor-percdamp")
     sparse_steps: int = flag(4, "discrete rounds per iteration, each re-choosing the 2:4 support and values of one "
                              "group per output block", name="--armor-sparse-steps")
     seed: int = flag(0, "seed of ARMOR's random group choices", name="--armor-seed")
@@ -96,6 +100,8 @@ class ArmorArgs:
     def __post_init__(self) -> None:
         if self.update not in UPDATES:
             raise ValueError(f"--armor-update {self.update!r}: choose one of {list(UPDATES)}")
+        if not self.percdamp >= 0:
+            raise ValueError(f"--armor-percdamp {self.percdamp}: must be >= 0 (0.01 is the default)")
         if self.cg_steps < 0:
             raise ValueError(f"--armor-cg-steps {self.cg_steps}: must be >= 0")
         if self.select not in SELECTIONS:
@@ -414,14 +420,16 @@ def armor_layer(w: Tensor, hessian: Tensor, init_weight: Tensor, init_mask: Tens
                 settings: ArmorArgs | None = None, block_size: int | str | None = None,
                 progress: Callable[[int, float], None] | None = None) -> ArmorResult:
     """ARMOR on one weight ``[out, in]`` from a one-shot result (``init_weight``, 2:4 on ``init_mask``), on the input
-    Hessian ``hessian`` [in, in]; float32 math (float64 if ``w`` is float64). ``block_size`` overrides the settings'
-    (the pruner passes what ``--armor-budget`` chose). Returns the last accepted iterate (see the module docstring)."""
+    Hessian ``hessian`` [in, in] (damped by ``settings.percdamp`` here); float32 math (float64 if ``w`` is float64).
+    ``block_size`` overrides the settings' (the pruner passes what ``--armor-budget`` chose). Returns the last
+    accepted iterate (see the module docstring)."""
     settings = settings or ArmorArgs()
     out_f, in_f = w.shape
     bs = resolve_block_size(settings.block_size if block_size is None else block_size, out_f, in_f)
     dt = torch.float64 if w.dtype == torch.float64 else torch.float32
-    state = start_state(w.detach().to(dt), hessian.detach().to(w.device), init_weight.detach(), init_mask, bs,
-                        settings.eps)
+    h = hessian.detach().to(device=w.device, dtype=torch.float64)
+    h = h + settings.percdamp * float(torch.diagonal(h).mean()) * torch.eye(in_f, dtype=h.dtype, device=h.device)
+    state = start_state(w.detach().to(dt), h, init_weight.detach(), init_mask, bs, settings.eps)
     gen = torch.Generator(device=w.device).manual_seed(settings.seed)
     with torch.no_grad():
         loss, eh = objective(state)
