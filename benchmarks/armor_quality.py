@@ -125,10 +125,11 @@ def render(r: dict, args: argparse.Namespace, label: str) -> str:
         f"Measured {r['date']} on {r['device']}; sparse24 {r['versions']['sparse24']}, torch {r['versions']['torch']}, "
         f"transformers {r['versions']['transformers']}. Command: `python benchmarks/armor_quality.py` "
         f"(args: {json.dumps(r['args'])}).", "",
-        f"Calibration: {args.nsamples} windows x {args.seqlen} tokens of the `calib` text (seed 0), one dense pass "
-        f"(Hessian diagonal). Perplexity: {args.eval_text}, {args.eval_windows} windows x {args.eval_seqlen} tokens.",
+        f"Calibration: {args.nsamples} windows x {args.seqlen} tokens of the `calib` text (seed 0), layer-sequential "
+        f"(full input Hessian). Perplexity: {args.eval_text}, {args.eval_windows} windows x {args.eval_seqlen} tokens.",
         f"ARMOR: block size {r['settings']['block_size']}, at most {args.iters} iterations per linear (mean "
-        f"{r['mean_iters']:.0f}; the paper uses 20 000), Adam lr {args.lr}, {args.sparse_steps} sparse-core "
+        f"{r['mean_iters']:.0f}; the paper uses 20 000), update {r['settings']['update']} (Adam lr {args.lr}), "
+        f"{args.sparse_steps} sparse "
         f"update(s) per iteration, selection {r['settings']['select']}.", "",
         "| model | perplexity |", "|---|---|", *[f"| {k} | {v:.3f} |" for k, v in p.items()], "",
         f"Gap closed vs SparseGPT: **{100 * r['gap_closed_vs_sparsegpt']:.1f} %** "
