@@ -149,11 +149,13 @@ def block_size_for_budget(model_params: int, shapes: Sequence[tuple[int, int]], 
     fits = [bs for bs in range(4, min(dims) + 1, 4) if all(d % bs == 0 for d in dims)]
     allowed = percent / 100 * model_params
     ok = [bs for bs in fits if bs * per_block <= allowed]
+    if not fits:  # cannot happen while every dim is a multiple of 4 (the driver checks in_features)
+        raise ValueError(f"--armor-budget: no multiple of 4 divides all pruned dims {dims}; keep the odd linears dense "
+                         "(--ignore)")
     if not ok:
-        need = 100 * fits[0] * per_block / model_params if fits else float("nan")
-        raise ValueError(f"--armor-budget {percent}: even the smallest block size {fits[:1] or '(none divides dims '}"
-                         f" {dims})' adds {need:.2f} % parameters; raise --armor-budget to at least that, or keep "
-                         "some linears dense (--ignore)")
+        need = 100 * fits[0] * per_block / model_params
+        raise ValueError(f"--armor-budget {percent}: even the smallest block size, {fits[0]}, adds {need:.2f} % "
+                         "parameters; raise --armor-budget to at least that, or keep some linears dense (--ignore)")
     return max(ok)
 
 

@@ -36,11 +36,10 @@ KEEP_RTOL = 1e-6
 def identity_result(weight: Tensor, mask: Tensor, bs: int) -> ArmorResult:
     """The one-shot layer itself as ARMOR factors: ``A = B = I``, core = ``weight``, unit norms (exact, no rounding)."""
     out_f, in_f = weight.shape
-    eye = torch.eye(bs, dtype=weight.dtype, device=weight.device)
-    ones = torch.ones
+    kw = {"dtype": weight.dtype, "device": weight.device}
+    eye = torch.eye(bs, **kw)
     return ArmorResult(eye.repeat(out_f // bs, 1, 1), weight, mask, eye.repeat(in_f // bs, 1, 1),
-                       ones(out_f, dtype=weight.dtype, device=weight.device),
-                       ones(in_f, dtype=weight.dtype, device=weight.device), 0.0, 0.0, 0, 0, [])
+                       torch.ones(out_f, **kw), torch.ones(in_f, **kw), 0.0, 0.0, 0, 0, [])
 
 
 @register_pruner

@@ -247,7 +247,7 @@ def test_armor_layer_accepts_only_improvements(update):
         assert not (res.x[~res.mask] != 0).any()
 
 
-@pytest.mark.parametrize("init", ["admm", "sparsegpt"])
+@pytest.mark.parametrize("init", ["admm", "sparsegpt", "wanda", "magnitude"])
 def test_zero_iterations_is_the_oneshot_layer(init):
     """0 iterations: the weight is bit-identical to the one-shot pruner's, the factors are exactly A' = B' = I with the
     one-shot weights as core, and the ArmorLinear's output equals nn.Linear(one-shot weight) on the calibration
