@@ -128,7 +128,9 @@ def test_group_update_equals_brute_force_and_tracks_eh_and_grad(shape, bs):
         assert sorted(after.mask[row, col : col + 4].nonzero().flatten().tolist()) == sup
         z_ref[row, col : col + 4] = 0
         z_ref[row, col + torch.tensor(sup)] = v
-    assert torch.allclose(after.core(), z_ref, rtol=1e-7, atol=1e-9)
+    # the closed form adds a 1e-9 relative ridge to each 2x2 system (for singular groups): values move by about
+    # 1e-9 x cond(G_S) (seen up to 5e-7 relative over 600 random groups), the loss only to second order
+    assert torch.allclose(after.core(), z_ref, rtol=1e-5, atol=1e-9)
     assert torch.equal(after.mask.reshape(-1, 4).sum(-1), torch.full((shape[0] * shape[1] // 4,), 2))
     fresh, eh_fresh = objective(after)
     assert float(fresh) == pytest.approx(float(ref_loss(s.a, z_ref, s.b, s)), rel=1e-9)
@@ -225,7 +227,8 @@ def test_cg_steps_lower_the_objective_and_reach_the_block_minimiser(which):
 @pytest.mark.parametrize("update", ["als", "adam"])
 def test_armor_layer_accepts_only_improvements(update):
     """The recorded objective is non-increasing at every iteration, also when a far too large Adam step forces
-    rejections, and the returned factors score exactly the last recorded value (recomputed independently)."""
+    rejections, and the returned factors score exactly the last recorded value (recomputed independently on the
+    damped Hessian that is ARMOR's objective)."""
     g = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ())))
     x = correlated_inputs(1024, 64, g)
     w = torch.randn(32, 64, dtype=F64, generator=g)
@@ -238,8 +241,9 @@ def test_armor_layer_accepts_only_improvements(update):
         assert res.loss < res.loss_init  # it did improve
         if must_reject:
             assert res.accepted < res.iters  # the monotone guard was exercised
-        s = start_state(w, h, start.weight, start.mask, 16)
-        c = torch.linalg.cholesky(h)
+        hd = h + 0.01 * torch.diagonal(h).mean() * torch.eye(64, dtype=F64)  # the objective's --armor-percdamp 0.01
+        s = start_state(w, hd, start.weight, start.mask, 16)
+        c = torch.linalg.cholesky(hd)
         ref = ((res.weight() - w) @ c).square().sum() / (w @ c).square().sum()
         assert float(ref) == pytest.approx(res.loss, rel=1e-9)
         assert float(objective(s)[0]) == pytest.approx(res.loss_init, rel=1e-12)
