@@ -33,7 +33,9 @@ def parse() -> argparse.Namespace:
     p.add_argument("--nsamples", type=int, default=32)
     p.add_argument("--seqlen", type=int, default=512)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "armor_budgets.md")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "armor_budgets.md",
+                   help="writes <out>.json (the record) and <out>.table.md")
+    p.add_argument("--render", type=Path, default=None, help="only print the table of an existing record (.json)")
     return p.parse_args()
 
 
@@ -61,6 +63,9 @@ def hessians(model, ids: torch.Tensor, layers: list[int]) -> dict[str, torch.Ten
 
 def main() -> None:
     args = parse()
+    if args.render is not None:
+        print(render(json.loads(args.render.read_text())))
+        return
     torch.set_num_threads(args.threads)
     from sparse24.prune.armor import block_size_for_budget
     from sparse24.prune.base import LayerStats, get_pruner
@@ -113,23 +118,28 @@ def main() -> None:
             rows.append({"layer": i, "method": key, "calib_err": c, "heldout_err": hld, "cpu_s": sec,
                          "vs_admm_calib": c / err["admm"][0] - 1, "vs_admm_heldout": hld / err["admm"][1] - 1})
         print(json.dumps(rows[-len(err):]), flush=True)
-    record = {"rows": rows, "block_sizes": {str(b): bs for b, bs in sizes.items()},
-              "extra_params_pct": {str(b): 100 * bs * per_block / total for b, bs in sizes.items()},
+    record = {"rows": rows, "block_sizes": {f"{b:g}": bs for b, bs in sizes.items()},
+              "extra_params_pct": {f"{b:g}": 100 * bs * per_block / total for b, bs in sizes.items()},
               "args": {k: str(v) for k, v in vars(args).items()}, "load_before": load0, "load_after": os.getloadavg(),
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__}
     args.out.with_suffix(".json").write_text(json.dumps(record, indent=2))
+    table = render(record)
+    print(table)
+    args.out.with_suffix(".table.md").write_text(table + "\n")
+
+
+def render(record: dict) -> str:
+    """The markdown table of a run's record (``python benchmarks/armor_budgets.py --render <json>``)."""
     lines = ["| layer | method | block | extra params | calib err | held-out err | vs admm (calib) "
              "| vs admm (held-out) | cpu s |", "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        b = r["method"].split()[1] if r["method"] != "admm" else None
-        block = str(sizes[float(b)]) if b else "-"
-        extra = f"{record['extra_params_pct'][str(float(b))]:.1f} %" if b else "0"
+    for r in record["rows"]:
+        b = r["method"].split()[1] if r["method"] != "admm" else None  # "armor 5 %" -> "5"
+        block = str(record["block_sizes"][b]) if b else "-"
+        extra = f"{record['extra_params_pct'][b]:.1f} %" if b else "0"
         lines.append(f"| {r['layer']} | {r['method']} | {block} | {extra} | {r['calib_err']:.4f} | "
                      f"{r['heldout_err']:.4f} | {100 * r['vs_admm_calib']:+.1f} % | "
                      f"{100 * r['vs_admm_heldout']:+.1f} % | {r['cpu_s']:.1f} |")
-    print("\n".join(lines))
-    args.out.with_suffix(".table.md").write_text("\n".join(lines) + "\n")
-
+    return "\n".join(lines)
 
 if __name__ == "__main__":
     main()
