@@ -6,9 +6,10 @@ backend and never touches the model; the driver (:mod:`sparse24.prune.driver`) o
 Everything method-specific is declared on the pruner class, so the driver and the CLI name no method:
 
 - ``stats``: which input statistics to accumulate: ``"none"`` (no calibration pass), ``"sqnorm"`` (per input column
-  Σ x², i.e. the Hessian diagonal, as Wanda and ARMOR use) or ``"hessian"`` (Σ x xᵀ, SparseGPT).
+  Σ x², i.e. the Hessian diagonal, as Wanda uses) or ``"hessian"`` (Σ x xᵀ: SparseGPT, ADMM, ARMOR).
 - ``sequential``: ``True`` feeds layer ``l+1`` with the *pruned* layer ``l`` (Wanda / SparseGPT protocol);
-  ``False`` feeds it with the *dense* layer (one calibration pass of the dense model, layers independent; ARMOR).
+  ``False`` feeds it with the *dense* layer (one calibration pass of the dense model, layers independent; ARMOR's
+  instance follows its ``--armor-init``, so no built-in method uses this today).
 - ``Args``: the method's argument group (a dataclass of :func:`sparse24.prune.args.flag` fields): its command-line
   flags, defaults and validation; the pruner is built from it and records it in ``sparse24_config.json``.
 - ``extra_tensors``: names of the per-linear tensors besides weight and mask that :attr:`PruneResult.extra` carries
