@@ -1,10 +1,12 @@
 """ARMOR behind the pruner registry (``--method armor``): what it returns per linear, how the model is rebuilt from
 that, and how it is saved. The algorithm is :mod:`sparse24.prune.armor`, the module :mod:`sparse24.prune.armor_linear`.
 
-ARMOR's statistics come from the *dense* model in one pass (``sequential = False``, the Hessian diagonal ``sqnorm``),
-so the shared layer driver runs it like any other method and resumes it layer by layer. Each linear returns its dense
-equivalent ``W_eff = A'·core·B'`` as the weight (plain transformers loads the saved folder) plus the ``ArmorLinear``
-tensors ``a_blocks``, ``b_blocks``, ``core``; the 2:4 check applies to the core.
+ARMOR starts from another registered pruner's result (``--armor-init``, built with its default settings and run on the
+same statistics) and refines it on the layer Hessian, so it collects ``hessian`` statistics and feeds the next layer
+the way its init method does (``sequential`` follows the init: with ``admm`` the pruned layers feed the next one, and 0
+iterations reproduce the ``admm`` model exactly). Each linear returns its dense equivalent ``W_eff = A'·core·B'`` as
+the weight (plain transformers loads the saved folder) plus the ``ArmorLinear`` tensors ``a_blocks``, ``b_blocks``,
+``core``; the 2:4 check applies to the core. ``--armor-budget`` is resolved once per run in :meth:`ArmorPruner.setup`.
 """
 
 from __future__ import annotations
@@ -15,38 +17,89 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from sparse24.prune.armor import ArmorArgs, armor_layer
+from sparse24.prune.armor import ArmorArgs, ArmorResult, armor_layer, block_size_for_budget, resolve_block_size
 from sparse24.prune.armor_linear import ArmorLinear, armor_modules, save_armor
-from sparse24.prune.base import LayerStats, Pruner, PruneResult, register_pruner
+from sparse24.prune.base import LayerStats, Pruner, PruneResult, get_pruner, pruner_class, register_pruner
+from sparse24.prune.refit import check_hessian_stats, layer_error
 from torch import Tensor, nn
 
 from sparse24.runtime import set_module
 
-__all__ = ["ArmorPruner", "assemble_armor", "check_cores_24"]
+__all__ = ["ArmorPruner", "assemble_armor", "check_cores_24", "identity_result"]
 
 LEAVES = ("a_blocks", "b_blocks", "core")
+# ARMOR's layer replaces the one-shot layer only when its float64 layer error is lower by more than this (relative):
+# smaller "gains" are float32 rounding of the factorised form (seen with lr 0: 1e-9 relative), not an improvement
+KEEP_RTOL = 1e-6
+
+
+def identity_result(weight: Tensor, mask: Tensor, bs: int) -> ArmorResult:
+    """The one-shot layer itself as ARMOR factors: ``A = B = I``, core = ``weight``, unit norms (exact, no rounding)."""
+    out_f, in_f = weight.shape
+    kw = {"dtype": weight.dtype, "device": weight.device}
+    eye = torch.eye(bs, **kw)
+    return ArmorResult(eye.repeat(out_f // bs, 1, 1), weight, mask, eye.repeat(in_f // bs, 1, 1),
+                       torch.ones(out_f, **kw), torch.ones(in_f, **kw), 0.0, 0.0, 0, 0, [])
 
 
 @register_pruner
 class ArmorPruner(Pruner):
-    """ARMOR on one linear: one dense calibration pass (``sqnorm``), layers independent."""
+    """ARMOR on one linear, started from ``--armor-init``'s result; never worse than it on the calibration data."""
 
     name: ClassVar[str] = "armor"
-    stats: ClassVar[str] = "sqnorm"
-    sequential: ClassVar[bool] = False
-    summary: ClassVar[str] = "W ≈ D_r·A·(2:4 core)·B·D_c, block-diag A/B learned on NoWag's proxy (adds params)"
+    stats: ClassVar[str] = "hessian"
+    sequential: ClassVar[bool] = True  # the default init (admm) is sequential; an instance follows its init
+    summary: ClassVar[str] = ("W ≈ D_r·A·(2:4 core)·B·D_c, block-diag A/B learned on the layer error from "
+                              "--armor-init's result; never worse than it (adds params)")
     Args: ClassVar[type] = ArmorArgs
     extra_tensors: ClassVar[tuple[str, ...]] = LEAVES
     formats: ClassVar[tuple[str, ...] | None] = ("sparse24",)  # A'·core·B' has no place in other formats
 
+    def __init__(self, args: Any = None, **kwargs: Any) -> None:
+        super().__init__(args, **kwargs)
+        init_cls = pruner_class(self.args.init)
+        if init_cls is type(self) or init_cls.extra_tensors:
+            raise ValueError(f"--armor-init {self.args.init}: ARMOR starts from a plain 2:4 one-shot result; pick a "
+                             "method without extra tensors (e.g. admm, sparsegpt, wanda, magnitude)")
+        self.init_pruner = get_pruner(self.args.init)
+        self.sequential = self.init_pruner.sequential  # type: ignore[misc]  (instance follows its init)
+        self.block_size: int | str | None = None  # set by setup() when --armor-budget picks it
+
+    def settings(self) -> dict[str, Any]:
+        return {**super().settings(), "init_settings": self.init_pruner.settings()}
+
+    def setup(self, model: nn.Module, linears: dict[str, nn.Module]) -> None:
+        """Resolve ``--armor-budget`` into one block size from the model's parameter count and the pruned shapes, or
+        check ``--block-size`` against every pruned linear (a misfit fails before any calibration work)."""
+        if self.args.budget is None:
+            for m in linears.values():
+                resolve_block_size(self.args.block_size, m.out_features, m.in_features)
+            return
+        total = sum(p.numel() for p in model.parameters())
+        shapes = [(m.out_features, m.in_features) for m in linears.values()]
+        self.block_size = block_size_for_budget(total, shapes, self.args.budget)
+
     def prune(self, weight: Tensor, stats: LayerStats | None) -> PruneResult:
-        if stats is None or stats.sqnorm is None:
-            raise ValueError("armor needs the Hessian diagonal (input column Σx²); run it through the driver")
-        res = armor_layer(weight, stats.sqnorm.to(weight.device).float(), self.args)
+        hessian = check_hessian_stats(stats, self.name)
+        if self.args.budget is not None and self.block_size is None:
+            raise ValueError("--armor-budget needs the whole model to pick a block size; run ARMOR through the driver "
+                             "(sparse24 prune), or pass --block-size")
+        start = self.init_pruner.prune(weight, stats)
+        res = armor_layer(weight, hessian, start.weight, start.mask, self.args, self.block_size)
         mod = ArmorLinear.from_result(res, None, dtype=weight.dtype)
+        w_eff = mod.dense_weight().to(weight.dtype)
+        err0 = float(layer_error(weight, start.weight, hessian).sum())  # float64, what the one-shot layer scores
+        err = float(layer_error(weight, w_eff, hessian).sum())
+        improved = res.accepted > 0 and err < err0 * (1 - KEEP_RTOL)
+        if not improved:  # keep the one-shot layer exactly (A' = B' = I, core = its weights)
+            mod = ArmorLinear.from_result(identity_result(start.weight, start.mask, mod.block_size), None,
+                                          dtype=weight.dtype)
+            w_eff, err = start.weight, err0
         extra = {k: getattr(mod, k).detach() for k in LEAVES}
-        info = {"proxy_loss_init": res.loss_init, "proxy_loss": res.loss, "iters": res.iters}
-        return PruneResult(mod.dense_weight().to(weight.dtype), res.mask, extra, sparse=extra["core"], info=info)
+        denom = max(float(layer_error(weight, torch.zeros_like(weight), hessian).sum()), 1e-30)
+        info = {"armor_err_init": err0 / denom, "armor_err": err / denom, "iters": res.iters,
+                "accepted": res.accepted, "block_size": mod.block_size}
+        return PruneResult(w_eff, start.mask if not improved else res.mask, extra, sparse=extra["core"], info=info)
 
     def assemble(self, model_dir: Path, outcome: Any, dtype: torch.dtype | None = None) -> nn.Module:
         return assemble_armor(model_dir, outcome.extras, dtype)

@@ -6,13 +6,15 @@ backend and never touches the model; the driver (:mod:`sparse24.prune.driver`) o
 Everything method-specific is declared on the pruner class, so the driver and the CLI name no method:
 
 - ``stats``: which input statistics to accumulate: ``"none"`` (no calibration pass), ``"sqnorm"`` (per input column
-  Σ x², i.e. the Hessian diagonal, as Wanda and ARMOR use) or ``"hessian"`` (Σ x xᵀ, SparseGPT).
+  Σ x², i.e. the Hessian diagonal, as Wanda uses) or ``"hessian"`` (Σ x xᵀ: SparseGPT, ADMM, ARMOR).
 - ``sequential``: ``True`` feeds layer ``l+1`` with the *pruned* layer ``l`` (Wanda / SparseGPT protocol);
-  ``False`` feeds it with the *dense* layer (one calibration pass of the dense model, layers independent; ARMOR).
+  ``False`` feeds it with the *dense* layer (one calibration pass of the dense model, layers independent; ARMOR's
+  instance follows its ``--armor-init``, so no built-in method uses this today).
 - ``Args``: the method's argument group (a dataclass of :func:`sparse24.prune.args.flag` fields): its command-line
   flags, defaults and validation; the pruner is built from it and records it in ``sparse24_config.json``.
 - ``extra_tensors``: names of the per-linear tensors besides weight and mask that :attr:`PruneResult.extra` carries
   (saved with every layer, handed back to :meth:`Pruner.assemble`).
+- :meth:`Pruner.setup`: a look at the whole model (skeleton and target linears) before the first layer.
 - :meth:`Pruner.assemble`, :meth:`Pruner.check_24`, :meth:`Pruner.save`: how the whole model is rebuilt from the
   per-linear results, what must be exactly 2:4, and how it is written (default: ``SparseLinear`` modules through
   :func:`sparse24.io.save_sparse`); ``formats``: the ``--format`` writers that can hold the result (``None``: all).
@@ -92,6 +94,10 @@ class Pruner:
 
     def prune(self, weight: Tensor, stats: LayerStats | None) -> PruneResult:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def setup(self, model: nn.Module, linears: dict[str, nn.Module]) -> None:
+        """Called once by the driver before the first layer, with the model skeleton (meta device) and every target
+        linear by name, for what a pruner sizes from the whole model (ARMOR's ``--armor-budget``); default nothing."""
 
     def per_input(self, stats: LayerStats, build: Callable[[], T]) -> T:
         """``build()`` computed once per input: the driver hands the linears that share one input (q/k/v, gate/up)

@@ -39,11 +39,12 @@ Methods (--method list prints them with the data each needs):
   admm       (default) ADMM search for the 2:4 mask on the layer objective, then the exact refit; per row the best of
              ADMM, SparseGPT+refit and SparseGPT, so never worse than SparseGPT on the calibration data. On SmolLM2
              22 % lower perplexity than SparseGPT for about 4x its CPU time, no extra parameters.
-  armor      W ~ A'(2:4 core)B' with learned block-diagonal A', B': closes much of the gap to dense but adds
-             parameters (block*(in+out) per linear: SmolLM2 +22 % at block 96, +7 % at 32). The folder holds the
-             dense equivalent (plain transformers loads it) plus armor.safetensors (packed cores and blocks), which
-             sparse24 eval loads as ArmorLinear modules. Its iterations are the cost: the defaults take minutes on a
-             CPU; the paper's --armor-iters 20000 is GPU work.
+  armor      W ~ A'(2:4 core)B' with learned block-diagonal A', B', started from --armor-init's result (default
+             admm) with A' = B' = I and refined on the layer's calibration error, accepting only improvements: never
+             worse than its start per layer. Adds block*(in+out) parameters per linear; --armor-budget 5 picks the
+             block size that fits 5 % of the model (SmolLM2: block 16, +3.6 %). The folder holds the dense
+             equivalent (plain transformers loads it) plus armor.safetensors (packed cores and blocks), which sparse24
+             eval loads as ArmorLinear modules. Its iterations are the cost, on top of the init method's.
 """
 
 DEFAULT_METHOD = "admm"  # the best one-shot method without extra parameters (benchmarks/results/oneshot_quality.md)
@@ -54,8 +55,8 @@ EPILOG = """examples:
   sparse24 prune --method sparsegpt --out pruned/smollm2-sgpt --compressed
   sparse24 prune --model ./my-llama --method wanda --calib my.jsonl --nsamples 128 --seqlen 4096 --out pruned
   sparse24 prune --method magnitude --ignore '*.down_proj' --out pruned/mag
-  sparse24 prune --method armor --quick  # ARMOR with CPU-sized defaults on SmolLM2
-  sparse24 prune --method armor --block-size 128 --armor-iters 20000 --armor-lr 1e-4 --device cuda --out armor
+  sparse24 prune --method armor --quick --armor-budget 5   # ARMOR from admm, <= 5 % extra parameters
+  sparse24 prune --method armor --armor-init sparsegpt --block-size 32 --armor-iters 50 --out armor
 """
 
 

@@ -3,8 +3,8 @@
 For each decoder layer ``l``: load only that layer (from the safetensors shards) onto the device, hook its target
 linears, run the calibration inputs through it to collect the statistics the pruner asked for, prune every target
 linear, then produce the inputs of layer ``l+1``: re-run the *pruned* layer (``pruner.sequential``, Wanda/SparseGPT)
-or keep the dense outputs of the statistics pass (layers independent, e.g. ARMOR). The layer then goes back to the
-meta device; only one layer plus the activations ``[nsamples, seqlen, hidden]`` live on the device at a time.
+or keep the dense outputs of the statistics pass (layers independent; no built-in method today). The layer then goes
+back to the meta device; only one layer plus the activations ``[nsamples, seqlen, hidden]`` live on the device at once.
 Progress is written after every layer (:mod:`sparse24.prune.resume`). The driver names no method: what a pruner
 returns besides weight and mask is declared by its ``extra_tensors`` (see :mod:`sparse24.prune.base`).
 
@@ -273,6 +273,8 @@ def prune_layers(model_dir: Path, pruner: Pruner, calib: Tensor | None, opts: Dr
     model = skeleton(model_dir)
     layers, reader = decoder_layers(model), ShardReader(model_dir)
     names = _targets(layers, opts)
+    pruner.setup(model, {full: layers[i].get_submodule(sub) for i, sel in enumerate(names)
+                         for full, sub in sel.items()})
     if pruner.stats != "none" and calib is None:
         raise ValueError(f"method {pruner.name!r} needs calibration data (--calib)")
     start, hidden = state.resume_point()

@@ -1,6 +1,6 @@
 """``sparse24 prune --method armor`` end to end on a tiny Llama: the saved cores are 2:4, the saved dense equivalent is
-``blockdiag(A)·core·blockdiag(B)``, ``sparse24 eval`` reproduces a hand-computed perplexity of the in-memory model,
-and a killed run resumes to bit-identical files."""
+``blockdiag(A)·core·blockdiag(B)`` (exactly the one-shot layer where ARMOR could not improve it), ``sparse24 eval``
+reproduces a hand-computed perplexity of the in-memory model, and a killed run resumes to bit-identical files."""
 
 from __future__ import annotations
 
@@ -67,6 +67,8 @@ def test_armor_cores_are_24_and_dense_equivalent_matches(runs):
     assert record["method"] == "armor" and len(layers) == 14 and record["extra"]["check_24"] == "14/14"
     raw, dense = load_file(str(out / "armor.safetensors")), load_file(str(out / "model.safetensors"))
     orig = load_file(str(runs["model_dir"] / "model.safetensors"))
+    rows = {r["name"]: r for r in record["extra"]["report"]}
+    assert sum(rows[f]["armor_err"] < rows[f]["armor_err_init"] for f in layers) >= 7  # ARMOR changed most layers
     for fqn, spec in layers.items():
         core = unpack_24_disk(raw[f"{fqn}.core.values"], raw[f"{fqn}.core.meta"], fqn).double()  # [out, in]
         assert list(core.shape) == spec["shape"]
@@ -76,7 +78,11 @@ def test_armor_cores_are_24_and_dense_equivalent_matches(runs):
         w_eff, w = dense[f"{fqn}.weight"].double(), orig[f"{fqn}.weight"].double()
         torch.testing.assert_close(w_eff, a @ core @ b, rtol=1e-4, atol=1e-5)
         assert (w_eff - w).norm() < 0.8 * w.norm()  # an approximation of W, not something unrelated
-        assert (w_eff != 0).float().mean() > 0.9  # W_eff is dense: the 2:4 structure lives in the core only
+        assert rows[fqn]["armor_err"] <= rows[fqn]["armor_err_init"], fqn  # never worse than its start
+        if rows[fqn]["armor_err"] < rows[fqn]["armor_err_init"]:
+            assert (w_eff != 0).float().mean() > 0.9  # W_eff is dense: the 2:4 structure lives in the core only
+        else:  # ARMOR kept its start: exactly the one-shot layer, A' = B' = I
+            assert torch.equal(a, torch.eye(a.shape[0], dtype=a.dtype)) and torch.equal(w_eff, core), fqn
 
 
 def test_armor_eval_cli_matches_in_memory_model(runs, capsys):
