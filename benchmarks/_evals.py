@@ -43,25 +43,41 @@ def cached(path: Path, **want: Any) -> dict[str, Any] | None:
     return res if all(proto.get(k) == v for k, v in want.items()) else None
 
 
+def _timed_eval(cmd: list[str], path: Path) -> dict[str, Any]:
+    """Run one ``sparse24 eval`` child writing ``path``; its wall time, peak RSS and the load around it are kept in
+    ``<path>.run.json`` so a cached result still reports them."""
+    from sparse24.fileio import atomic_write_json
+
+    before = loadavg()
+    run = {**run_child(cmd, path.with_suffix(".log")), "load_before": before, "load_after": loadavg()}
+    atomic_write_json(path.with_suffix(".run.json"), run)
+    return run
+
+
+def _run_record(path: Path) -> dict[str, Any]:
+    side = path.with_suffix(".run.json")
+    return json.loads(side.read_text(encoding="utf-8")) if side.is_file() else {}
+
+
 def perplexity(model: str, text: str, seqlen: int, windows: int | None, threads: int, path: Path) -> dict[str, Any]:
     """``sparse24 eval MODEL --ppl TEXT --seqlen N --max-windows W`` into ``path`` (reused when its protocol matches):
-    ``{"ppl", "windows", "seqlen", ..., "wall_s"}``; ``wall_s`` is None for a cached result."""
+    ``{"ppl", "windows", "seqlen", ..., "wall_s", "run"}`` (``run``: the child's wall time, RSS and load)."""
     want = {"texts": [text], "seqlen": seqlen, "max_windows": windows or None}
     res, wall = cached(path, **want), None
     if res is None:
         cmd = [sys.executable, "-m", "sparse24", "eval", model, "--ppl", text, "--seqlen", str(seqlen),
                "--threads", str(threads), "--out", str(path), "--no-progress", "--batch-size", "1"]
         cmd += ["--max-windows", str(windows)] if windows else []
-        wall = run_child(cmd, path.with_suffix(".log"))["wall_s"]
+        wall = _timed_eval(cmd, path)["wall_s"]
         res = cached(path, **want)
         if res is None:
             raise RuntimeError(f"sparse24 eval wrote {path} with another protocol than {want}")
-    return {**res["perplexity"][text], "wall_s": wall}
+    return {**res["perplexity"][text], "wall_s": wall, "run": _run_record(path)}
 
 
 def zeroshot(model: str, tasks: str, limit: int | None, threads: int, path: Path) -> dict[str, Any]:
     """``sparse24 eval MODEL --ppl none --tasks TASKS --limit N`` into ``path`` (reused when its protocol matches):
-    ``{"tasks": {task: {"acc", "acc_norm", "n", "acc_stderr", "acc_norm_stderr"}}, "wall_s"}``."""
+    ``{"tasks": {task: {"acc", "acc_norm", "n", "acc_stderr", "acc_norm_stderr"}}, "wall_s", "run"}``."""
     names = [t for t in tasks.split(",") if t]
     res, wall = cached(path, texts=[], limit=limit or None), None
     if res is not None and sorted(res["protocol"]["tasks"]) != sorted(names):
@@ -70,7 +86,7 @@ def zeroshot(model: str, tasks: str, limit: int | None, threads: int, path: Path
         cmd = [sys.executable, "-m", "sparse24", "eval", model, "--ppl", "none", "--tasks", tasks,
                "--threads", str(threads), "--out", str(path), "--no-progress"]
         cmd += ["--limit", str(limit)] if limit else []
-        wall = run_child(cmd, path.with_suffix(".log"))["wall_s"]
+        wall = _timed_eval(cmd, path)["wall_s"]
         res = json.loads(path.read_text(encoding="utf-8"))
     out = {}
     for task in names:
@@ -79,7 +95,7 @@ def zeroshot(model: str, tasks: str, limit: int | None, threads: int, path: Path
             if metric in r:
                 r[f"{metric}_stderr"] = acc_stderr(r[metric], r["n"])
         out[task] = r
-    return {"tasks": out, "wall_s": wall}
+    return {"tasks": out, "wall_s": wall, "run": _run_record(path)}
 
 
 def acc_stderr(acc: float, n: int) -> float:

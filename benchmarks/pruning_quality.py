@@ -65,6 +65,7 @@ def evaluate(model: str, args: argparse.Namespace, out: Path) -> dict:
     for seqlen, windows in zip(args.seqlens, args.windows):
         r = E.perplexity(model, args.text, seqlen, windows, args.threads, out / f"ppl_{seqlen}.json")
         res["eval_wall_s"][f"ppl@{seqlen}"] = r.pop("wall_s")
+        r.pop("run")
         res[f"ppl@{seqlen}"] = r
     return res
 

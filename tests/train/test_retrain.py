@@ -384,7 +384,7 @@ def test_retrain_resume_after_a_crash_is_bit_identical_and_checks_settings(tiny_
     assert [{k: r.get(k) for k in keys} for r in a] == [{k: r.get(k) for k in keys} for r in b]
 
 
-def test_retrain_command_from_a_pruned_folder_draws_the_curve(tiny_llama, tmp_path, capsys):
+def test_retrain_command_from_a_pruned_folder_draws_the_curve(tiny_llama, tmp_path, capsys, monkeypatch):
     """``sparse24 prune`` then ``sparse24 retrain --init``: the curve starts at the pruned model's perplexity (step 0
     is the one-shot model), the dense line is the dense model's, points every --eval-tokens and at the end."""
     import csv
@@ -423,12 +423,33 @@ def test_retrain_command_from_a_pruned_folder_draws_the_curve(tiny_llama, tmp_pa
     spec = importlib.util.spec_from_file_location("retraining_quality", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    assert bench.main([f"AST={tmp_path / 'out'}", "--out", str(tmp_path / "r" / "q.md")]) == 0
-    (row,) = json.loads((tmp_path / "r" / "q.json").read_text())
+    report = [f"AST={tmp_path / 'out'}", "--out", str(tmp_path / "r" / "q.md"), "--text", str(text), "--seqlens",
+              "24", "--windows", "2", "--tasks", "", "--work", str(tmp_path / "w")]
+
+    def in_process(cmd, log):  # the same `sparse24 eval` argv, run here instead of in a child (seconds, not a minute)
+        assert cmd[1:4] == ["-m", "sparse24", "eval"]
+        assert main(cmd[3:]) == 0
+        log.write_text("")
+        return {"wall_s": 0.0, "peak_rss_mb": 0}
+
+    monkeypatch.setattr(bench.E, "run_child", in_process)
+    assert bench.main(report) == 0
+    saved = json.loads((tmp_path / "r" / "q.json").read_text())
+    (row,) = saved["runs"]
     start, dense, last = points[0][2], lines["dense"], points[-1][2]
     assert row["closed"] == pytest.approx((start - last) / (start - dense)) and row["tokens"] == 128
     assert (tmp_path / "r" / "q.png").read_bytes()[:4] == b"\x89PNG"
-    assert "| **AST** |" in (tmp_path / "r" / "q.md").read_text()
+    md = (tmp_path / "r" / "q.md").read_text()
+    assert "| **AST** |" in md
+    # the evaluation pass (`sparse24 eval` children) on the same windows: the dense model, the --init folder and the
+    # saved run (SLoRB terms loaded back) score what the run scored in memory
+    got = {k: saved["baselines"][k]["ev"]["ppl"]["24"]["ppl"] for k in ("dense", "start")}
+    got["run"] = row["ev"]["ppl"]["24"]["ppl"]
+    assert got == pytest.approx({"dense": dense, "start": start, "run": last}, rel=1e-5)
+    assert f"{(start - last) / (start - dense):.1%}" in md.split("## Perplexity curve")[0]
+    monkeypatch.setattr(bench.E, "run_child", None)  # a rerun reuses every cached evaluation (no child started)
+    assert bench.main(report) == 0
+    assert json.loads((tmp_path / "r" / "q.json").read_text())["runs"][0]["ev"] == row["ev"]
 
 
 def test_retrain_from_a_pruned_folder_starts_at_the_one_shot_model(tiny_llama, tmp_path):
