@@ -206,18 +206,18 @@ def write(rows: list[dict[str, Any]], base: dict[str, dict[str, Any]], a: argpar
     windows = "; ".join(f"{w or 'all'} windows x {s} tokens" for s, w in zip(a.seqlens, a.windows))
     evals = []
     if a.evaluate:
+        zs = (f"Zero-shot: lm-eval, the first {a.limit or 'all'} documents per task; acc ± its standard error "
+              "sqrt(acc (1 - acc) / (n - 1)) (lm-eval's mean_stderr), acc_norm in brackets. " if a.tasks else "")
+        cost = "; ".join(f"{name} {k} {v.get('wall_s', '?')} s ({v.get('load_before', '?').split()[0]} -> "
+                         f"{v.get('load_after', '?').split()[0]})"
+                         for name, e in [("dense", base["dense"].get("ev")), ("start", base["start"].get("ev")),
+                                         *[(r["label"], r.get("ev")) for r in rows]]
+                         if e for k, v in e["runs"].items() if v)
         evals = [f"## Evaluation of the finished models (`sparse24 eval`, {a.threads} torch thread(s))", "",
                  f"Perplexity on `{a.text}`, non-overlapping windows, the first {windows} (the same windows for "
-                 f"every model). Zero-shot: lm-eval, the first {a.limit or 'all'} documents per task; acc ± its "
-                 "standard error sqrt(acc (1 - acc) / (n - 1)) (lm-eval's mean_stderr), acc_norm in brackets. "
-                 "Gap closed = (start - model) / (start - dense) at that seqlen. Extra params: SLoRB's, as a share "
-                 "of the dense model's.", "", *eval_table(rows, base, a), "",
-                 "Evaluation cost (wall s of each `sparse24 eval` child; 1-min load before -> after): "
-                 + "; ".join(f"{name} {k} {v.get('wall_s', '?')} s ({v.get('load_before', '?').split()[0]} -> "
-                             f"{v.get('load_after', '?').split()[0]})"
-                             for name, e in [("dense", base["dense"].get("ev")), ("start", base["start"].get("ev")),
-                                             *[(r["label"], r.get("ev")) for r in rows]]
-                             if e for k, v in e["runs"].items() if v) + ".", ""]
+                 f"every model). {zs}Gap closed = (start - model) / (start - dense) at that seqlen. Extra params: "
+                 "SLoRB's, as a share of the dense model's.", "", *eval_table(rows, base, a), "",
+                 f"Evaluation cost (wall s of each `sparse24 eval` child; 1-min load before -> after): {cost}.", ""]
     lines = ["# Retraining quality: AST from a one-shot 2:4 model, SmolLM2-135M on CPU", "",
              f"Written {datetime.date.today()} on {platform.machine()}, torch {torch.__version__}, transformers "
              f"{transformers.__version__}. Start: {base['start']['label']}.", "", *evals,
@@ -227,9 +227,9 @@ def write(rows: list[dict[str, Any]], base: dict[str, dict[str, Any]], a: argpar
              f"retraining on 2 cores: **{'met' if met else 'not met'}** on the curve's windows "
              f"({head['closed']:.1%} at {head['tokens']:,} tokens, {head['train_s']:.0f} s of training).", "",
              "Curve: `retraining_quality.csv` / `retraining_quality.png`.", "", "Settings:", *settings, "",
-             *notes, "", f"Command: `python benchmarks/retraining_quality.py {shlex.join(sys.argv[1:])}`"]
+             *notes, "", f"Command: `python benchmarks/retraining_quality.py {shlex.join(a.argv)}`"]
     atomic_write_text(out, "\n".join(lines) + "\n")
-    protocol = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items() if k != "runs"}
+    protocol = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items() if k not in ("runs", "argv")}
     atomic_write_json(out.with_suffix(".json"), {"protocol": protocol, "baselines": base, "runs": rows})
     import io
 
@@ -261,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--work", type=Path, default=Path("out/retraining_quality"), help="where the baselines' "
                    "evaluations are cached (default out/retraining_quality)")
     a = p.parse_args(argv)
+    a.argv = sys.argv[1:] if argv is None else list(argv)
     if len(a.windows) != len(a.seqlens):
         p.error("--windows needs one count per --seqlens value")
     rows = []
