@@ -18,29 +18,18 @@ import datetime
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import _evals as E  # noqa: E402
+
 RESULTS = Path(__file__).parent / "results"
 METHODS = ("magnitude", "wanda", "sparsegpt", "armor")
 
-
-def _run(cmd: list[str], log: Path) -> dict:
-    """Run a child to completion; (wall seconds, peak RSS of that child in MB). Output goes to ``log``."""
-    t0 = time.time()
-    with log.open("w") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed (rc {proc.returncode}); see {log}:\n{log.read_text()[-3000:]}")
-    return {"wall_s": round(time.time() - t0, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024)}
-
-
-def _load() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3]) if Path("/proc/loadavg").exists() else "?"
 
 
 def prune(method: str, args: argparse.Namespace, out: Path, block_size: str | None = None) -> dict:
@@ -50,10 +39,10 @@ def prune(method: str, args: argparse.Namespace, out: Path, block_size: str | No
     if method == "armor":
         cmd += ["--block-size", str(block_size or args.block_size), "--armor-iters", str(args.armor_iters),
                 "--armor-lr", str(args.armor_lr)]
-    load0 = _load()
-    res = _run(cmd, out.with_name(out.name + ".prune.log"))
+    load0 = E.loadavg()
+    res = E.run_child(cmd, out.with_name(out.name + ".prune.log"))
     record = json.loads((out / "sparse24_config.json").read_text())["extra"]
-    res.update(prune_s=record["prune_seconds"], check_24=record["check_24"], load_before=load0, load_after=_load())
+    res.update(prune_s=record["prune_seconds"], check_24=record["check_24"], load_before=load0, load_after=E.loadavg())
     if "armor" in record:
         res["armor_params"] = record["armor"]["params"]
     return res
@@ -74,23 +63,17 @@ def evaluate(model: str, args: argparse.Namespace, out: Path) -> dict:
     """Perplexity at each seqlen (its own window count), each in a child process."""
     res: dict = {"eval_wall_s": {}}
     for seqlen, windows in zip(args.seqlens, args.windows):
-        path = out / f"ppl_{seqlen}.json"
-        cmd = [sys.executable, "-m", "sparse24", "eval", model, "--ppl", args.text, "--seqlen", str(seqlen),
-               "--threads", str(args.threads), "--out", str(path), "--no-progress", "--batch-size", "1"]
-        cmd += ["--max-windows", str(windows)] if windows else []
-        res["eval_wall_s"][f"ppl@{seqlen}"] = _run(cmd, out / f"ppl_{seqlen}.log")["wall_s"]
-        res[f"ppl@{seqlen}"] = json.loads(path.read_text())["perplexity"][args.text]
+        r = E.perplexity(model, args.text, seqlen, windows, args.threads, out / f"ppl_{seqlen}.json")
+        res["eval_wall_s"][f"ppl@{seqlen}"] = r.pop("wall_s")
+        r.pop("run")
+        res[f"ppl@{seqlen}"] = r
     return res
 
 
 def zeroshot(model: str, args: argparse.Namespace, out: Path) -> dict:
     """lm-eval accuracy on ``--tasks`` (first ``--limit`` documents) in a child process."""
-    cmd = [sys.executable, "-m", "sparse24", "eval", model, "--ppl", "none", "--tasks", args.tasks,
-           "--threads", str(args.threads), "--out", str(out / "zs.json"), "--no-progress"]
-    cmd += ["--limit", str(args.limit)] if args.limit else []
-    wall = _run(cmd, out / "zs.log")["wall_s"]
-    return {"zeroshot": json.loads((out / "zs.json").read_text())["zeroshot"], "zs_wall_s": wall,
-            "zs_key": [args.tasks, args.limit]}
+    r = E.zeroshot(model, args.tasks, args.limit, args.threads, out / "zs.json")
+    return {"zeroshot": r["tasks"], "zs_wall_s": r["wall_s"], "zs_key": [args.tasks, args.limit]}
 
 
 def _meta(args: argparse.Namespace) -> dict:
@@ -261,7 +244,7 @@ def main() -> None:
         return replot()
     args = parse()
     meta = _meta(args)
-    meta["load_at_start"] = _load()
+    meta["load_at_start"] = E.loadavg()
     done = args.work / "rows"
     done.mkdir(parents=True, exist_ok=True)
     key = {k: v for k, v in meta["protocol"].items() if k not in ("methods", "work", "reuse", "tasks", "limit",
@@ -277,7 +260,7 @@ def main() -> None:
         if path.is_file():
             rows[name] = json.loads(path.read_text())
             continue
-        print(f"[{time.strftime('%H:%M:%S')}] {name} (load {_load()})", flush=True)
+        print(f"[{time.strftime('%H:%M:%S')}] {name} (load {E.loadavg()})", flush=True)
         row: dict = {}
         if name == "dense":
             model = "smollm2-135m"
@@ -294,13 +277,13 @@ def main() -> None:
         path = done / f"{name}.zs.json"
         part = json.loads(path.read_text()) if path.is_file() else {}
         if part.get("zs_key") != [args.tasks, args.limit]:
-            print(f"[{time.strftime('%H:%M:%S')}] zero-shot {name} (load {_load()})", flush=True)
+            print(f"[{time.strftime('%H:%M:%S')}] zero-shot {name} (load {E.loadavg()})", flush=True)
             part = zeroshot(rows[name]["model"], args, _mk(args.work / f"{name}_eval"))
             path.write_text(json.dumps(part, indent=2))
         rows[name].update(part)
     order = ["dense", *METHODS]
     rows = dict(sorted(rows.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
-    meta["load_at_end"] = _load()
+    meta["load_at_end"] = E.loadavg()
     write_report(rows, args, meta)
 
 

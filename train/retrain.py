@@ -224,6 +224,7 @@ class _Job:
 
 def _prepare(args: Any) -> _Job:
     """Check --out (before any work), resolve the model, device and dtype, tokenize the texts."""
+    from sparse24.train.distributed import resolve_precision
     from transformers import AutoTokenizer
 
     from sparse24.assets import resolve_model
@@ -238,6 +239,7 @@ def _prepare(args: Any) -> _Job:
     texts = [t for t in (args.data, args.eval_text) if t not in NAMED_TEXTS]
     out = check_output_path(args.out, [model_dir, init, *texts], overwrite=args.overwrite)
     device = resolve_device(args.device)
+    resolve_precision(args.precision, cpu=not str(device).startswith("cuda"))  # bf16 on a CPU: refused before work
     dtype = resolve_dtype(args.dtype, device) or torch.float32
     tok = AutoTokenizer.from_pretrained(model_dir)
     ids = tokenize_text(tok, read_text(args.data))  # [n]

@@ -384,7 +384,7 @@ def test_retrain_resume_after_a_crash_is_bit_identical_and_checks_settings(tiny_
     assert [{k: r.get(k) for k in keys} for r in a] == [{k: r.get(k) for k in keys} for r in b]
 
 
-def test_retrain_command_from_a_pruned_folder_draws_the_curve(tiny_llama, tmp_path, capsys):
+def test_retrain_command_from_a_pruned_folder_draws_the_curve(tiny_llama, tmp_path, capsys, monkeypatch):
     """``sparse24 prune`` then ``sparse24 retrain --init``: the curve starts at the pruned model's perplexity (step 0
     is the one-shot model), the dense line is the dense model's, points every --eval-tokens and at the end."""
     import csv
@@ -423,12 +423,33 @@ def test_retrain_command_from_a_pruned_folder_draws_the_curve(tiny_llama, tmp_pa
     spec = importlib.util.spec_from_file_location("retraining_quality", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    assert bench.main([f"AST={tmp_path / 'out'}", "--out", str(tmp_path / "r" / "q.md")]) == 0
-    (row,) = json.loads((tmp_path / "r" / "q.json").read_text())
+    report = [f"AST={tmp_path / 'out'}", "--out", str(tmp_path / "r" / "q.md"), "--text", str(text), "--seqlens",
+              "24", "--windows", "2", "--tasks", "", "--work", str(tmp_path / "w")]
+
+    def in_process(cmd, log):  # the same `sparse24 eval` argv, run here instead of in a child (seconds, not a minute)
+        assert cmd[1:4] == ["-m", "sparse24", "eval"]
+        assert main(cmd[3:]) == 0
+        log.write_text("")
+        return {"wall_s": 0.0, "peak_rss_mb": 0}
+
+    monkeypatch.setattr(bench.E, "run_child", in_process)
+    assert bench.main(report) == 0
+    saved = json.loads((tmp_path / "r" / "q.json").read_text())
+    (row,) = saved["runs"]
     start, dense, last = points[0][2], lines["dense"], points[-1][2]
     assert row["closed"] == pytest.approx((start - last) / (start - dense)) and row["tokens"] == 128
     assert (tmp_path / "r" / "q.png").read_bytes()[:4] == b"\x89PNG"
-    assert "| **AST** |" in (tmp_path / "r" / "q.md").read_text()
+    md = (tmp_path / "r" / "q.md").read_text()
+    assert "| **AST** |" in md
+    # the evaluation pass (`sparse24 eval` children) on the same windows: the dense model, the --init folder and the
+    # saved run (SLoRB terms loaded back) score what the run scored in memory
+    got = {k: saved["baselines"][k]["ev"]["ppl"]["24"]["ppl"] for k in ("dense", "start")}
+    got["run"] = row["ev"]["ppl"]["24"]["ppl"]
+    assert got == pytest.approx({"dense": dense, "start": start, "run": last}, rel=1e-5)
+    assert f"{(start - last) / (start - dense):.1%}" in md.split("## Perplexity curve")[0]
+    monkeypatch.setattr(bench.E, "run_child", None)  # a rerun reuses every cached evaluation (no child started)
+    assert bench.main(report) == 0
+    assert json.loads((tmp_path / "r" / "q.json").read_text())["runs"][0]["ev"] == row["ev"]
 
 
 def test_retrain_from_a_pruned_folder_starts_at_the_one_shot_model(tiny_llama, tmp_path):
@@ -509,3 +530,48 @@ def test_switches_turn_each_ast_part_off():
         assert got == dataclasses.replace(base, **want), flag
     got = config_from_args(p.parse_args(["--out", "x", "--mask-every", "0", "--mask-score", "magnitude"]), 100)
     assert got == dataclasses.replace(base, mask_refresh=0, mask_score="magnitude")
+
+
+def test_retrain_refuses_cpu_autocast_before_the_one_shot_prune(tiny_llama, tmp_path, capsys, monkeypatch):
+    """``--precision bf16`` on the CPU is refused with the fix before anything runs: no on-the-fly prune (the default
+    --init oneshot), no work folder, no output."""
+    import sparse24.prune.cli as prune_cli
+    from sparse24.train.retrain import main
+
+    model, text = _tiny_model_and_text(tiny_llama, tmp_path)
+    monkeypatch.setattr(prune_cli, "prune_checkpoint", None)  # would fail if the one-shot prune started
+    argv = [a for a in _retrain_argv(model, text, tmp_path / "out", "--steps", "2") if a not in ("--init", "magnitude")]
+    for precision in ("bf16", "fp16"):
+        assert main([*argv, "--device", "cpu", "--precision", precision]) == 2
+        assert "--precision no" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.retrain-work").exists()
+
+
+def test_ast_loss_under_bf16_autocast_follows_fp32(tiny_llama):
+    """The GPU default is bf16 autocast (fp32 master weights). The same AST loss (2:4 student with SLoRB, KL to the
+    teacher, CE) under CPU bf16 autocast runs in bf16 and stays within bf16 rounding of the fp32 loss and gradients."""
+    cfg = ASTConfig(slorb_group=8, alpha_kl=0.5)
+    model = tiny_llama(2, 64, 256, seed=random.randrange(1000))
+    teacher = copy.deepcopy(model)
+    make_student(model, cfg)
+    loss_fn = DistillLoss(teacher, cfg)
+    batch = batch_at(TOKENS, random.randrange(100), 2, 16, 0)
+    grads, losses = {}, {}
+    for mode in ("fp32", "bf16"):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode == "bf16"):
+            logits = model(input_ids=batch["input_ids"]).logits
+            loss = loss_fn(model, batch)
+        assert logits.dtype == (torch.bfloat16 if mode == "bf16" else torch.float32)
+        loss.backward()
+        losses[mode] = float(loss.detach())
+        grads[mode] = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # master weights stay fp32
+    assert losses["bf16"] == pytest.approx(losses["fp32"], rel=2e-2)
+    assert grads["bf16"].keys() == grads["fp32"].keys() and any("S" in n.split(".")[-1] for n in grads["fp32"])
+    for name, g in grads["fp32"].items():
+        h = grads["bf16"][name]
+        assert torch.isfinite(h).all(), name
+        if g.norm() > 1e-6:
+            cos = float(torch.nn.functional.cosine_similarity(g.flatten(), h.flatten(), dim=0))
+            assert cos > 0.97, (name, cos)

@@ -1,0 +1,73 @@
+"""``benchmarks/_evals.py``: the quality benchmarks' ``sparse24 eval`` children, their cache and the accuracy
+standard errors, against lm-eval's own formula and the real ``sparse24 eval`` writer (run in-process here)."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from benchmarks import _evals as E
+from sparse24.cli import main
+
+
+def _in_process(calls: list):
+    def run(cmd, log):  # the same argv as the child would get, run here (seconds instead of a process start)
+        assert cmd[1:4] == ["-m", "sparse24", "eval"]
+        calls.append(cmd)
+        assert main(cmd[3:]) == 0
+        log.write_text("")
+        return {"wall_s": 0.0, "peak_rss_mb": 0}
+
+    return run
+
+
+def test_acc_stderr_is_lm_evals_mean_stderr():
+    from lm_eval.api.metrics import mean_stderr
+
+    for _ in range(20):
+        n = random.randint(2, 300)
+        docs = [random.random() < random.random() for _ in range(n)]  # 0/1 per document
+        assert E.acc_stderr(sum(docs) / n, n) == pytest.approx(mean_stderr([float(d) for d in docs]), rel=1e-9)
+    assert E.acc_stderr(1.0, 1) != E.acc_stderr(1.0, 1)  # one document: no standard error (nan)
+
+
+def test_zeroshot_runs_once_per_protocol_and_adds_standard_errors(tiny_model_dir, tmp_path, monkeypatch):
+    calls: list = []
+    monkeypatch.setattr(E, "run_child", _in_process(calls))
+    path = tmp_path / "zs.json"
+    got = E.zeroshot(str(tiny_model_dir), "arc_easy,winogrande", 3, 1, path)
+    written = json.loads(path.read_text())["zeroshot"]
+    assert len(calls) == 1 and "--limit" in calls[0] and calls[0][calls[0].index("--limit") + 1] == "3"
+    for task in ("arc_easy", "winogrande"):
+        r = got["tasks"][task]
+        assert r["n"] == 3 and r["acc"] == written[task]["acc"]
+        k = round(r["acc"] * 3)
+        assert r["acc"] == pytest.approx(k / 3)  # a share of 0/1 documents, so the formula applies
+        assert r["acc_stderr"] == pytest.approx(((k / 3) * (1 - k / 3) / 2) ** 0.5)
+    assert "acc_norm_stderr" in got["tasks"]["arc_easy"] and "acc_norm" not in got["tasks"]["winogrande"]
+    assert E.zeroshot(str(tiny_model_dir), "winogrande,arc_easy", 3, 1, path)["tasks"] == got["tasks"]
+    assert len(calls) == 1  # cached: same tasks and limit
+    E.zeroshot(str(tiny_model_dir), "arc_easy", 4, 1, path)
+    assert len(calls) == 2  # another limit runs again
+
+
+def test_perplexity_cache_follows_the_protocol(tiny_model_dir, tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sparse24.perplexity import perplexity
+    from sparse24.texts import shipped_text, tokenize_text
+
+    calls: list = []
+    monkeypatch.setattr(E, "run_child", _in_process(calls))
+    path, text = tmp_path / "ppl.json", tmp_path / "t.txt"
+    text.write_text(shipped_text()[:20000])
+    got = E.perplexity(str(tiny_model_dir), str(text), 16, 3, 1, path)
+    ids = tokenize_text(AutoTokenizer.from_pretrained(tiny_model_dir), text.read_text())
+    ref = perplexity(AutoModelForCausalLM.from_pretrained(tiny_model_dir), ids, 16, max_windows=3)["ppl"]
+    assert got["ppl"] == pytest.approx(ref, rel=1e-6) and got["windows"] == 3 and got["run"]["wall_s"] == 0.0
+    assert E.perplexity(str(tiny_model_dir), str(text), 16, 3, 1, path)["ppl"] == got["ppl"] and len(calls) == 1
+    E.perplexity(str(tiny_model_dir), str(text), 16, 4, 1, path)
+    E.perplexity(str(tiny_model_dir), str(text), 8, 4, 1, path)
+    assert len(calls) == 3  # other windows, other seqlen: evaluated again
