@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 from sparse24.train.recipe import RecipeError, list_recipes, load_recipe
 
@@ -13,7 +16,8 @@ def test_shipped_recipes_match_the_spec():
     assert set(list_recipes()) >= {"dense", "srste_decay_ft", "sste", "sste_mvue", "sste_mvue_fp8", "ste"}
     assert load_recipe("dense").sparse_config() is None
     sr = load_recipe("srste_decay_ft")
-    assert sr.sparse_config() == SRSTEConfig(transposable=True, mask_refresh=40, decay_placement="grad")
+    assert sr.sparse_config() == SRSTEConfig(transposable=True, mask_refresh=40, decay_placement="grad",
+                                             decay=sr.config["decay"])
     assert abs(sr.dense_finetune - 1 / 6) < 1e-6 and sr.layers == "ffn"
     assert load_recipe("sste").sparse_config() == SSTEConfig()
     assert load_recipe("sste_mvue").sparse_config() == SSTEConfig(mvue=True)
@@ -22,6 +26,16 @@ def test_shipped_recipes_match_the_spec():
     for name in list_recipes():
         r = load_recipe(name)
         assert (r.betas, r.weight_decay, r.clip) == ([0.9, 0.95], 0.1, 1.0)
+
+
+def test_srste_default_decay_is_the_pick_of_the_committed_sweep():
+    # the recipe's λ follows from the λ sweep in benchmarks/results/pretrain_quality.json by its stated rule
+    from sparse24.train.sweep import pick_decay
+
+    results = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "pretrain_quality.json"
+    sweep = json.loads(results.read_text())["meta"]["sweep"]
+    assert len(sweep) >= 3 and any(r["decay"] == 0.0 for r in sweep)
+    assert load_recipe("srste_decay_ft").config["decay"] == pick_decay(sweep)[0]
 
 
 @pytest.mark.parametrize("text, field", [
