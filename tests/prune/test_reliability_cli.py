@@ -46,6 +46,14 @@ def _kill_after_layer(monkeypatch, layer: int) -> None:
     monkeypatch.setattr(WorkState, "save_acts", dying)
 
 
+def _partial_run(model, out, monkeypatch) -> None:
+    """A default prune of ``model`` into ``out`` killed after its first layer: ``<out>.partial`` holds layer 0."""
+    _kill_after_layer(monkeypatch, 0)
+    with pytest.raises(Killed):
+        main(_argv(model, out))
+    monkeypatch.undo()
+
+
 @pytest.fixture
 def model(tmp_path) -> Path:
     return make_model_dir(tmp_path / "m", layers=2)
@@ -69,10 +77,7 @@ def test_out_never_touches_the_source_even_with_overwrite(tmp_path, capsys, wher
 # ---- 14.6: resume fingerprints the source by content -----------------------------------------------------------------
 def test_resume_refuses_a_different_source_of_the_same_size(model, tmp_path, monkeypatch, capsys):
     out = tmp_path / "o"
-    _kill_after_layer(monkeypatch, 0)
-    with pytest.raises(Killed):
-        main(_argv(model, out))
-    monkeypatch.undo()
+    _partial_run(model, out, monkeypatch)
     other = make_model_dir(tmp_path / "other", layers=2, seed=1)  # same architecture, other weights
     size = (model / "model.safetensors").stat().st_size
     assert (other / "model.safetensors").stat().st_size == size
@@ -97,10 +102,7 @@ def test_failure_before_the_first_layer_leaves_no_partial(model, tmp_path, capsy
 
 def test_partial_run_with_other_arguments_names_each_difference(model, tmp_path, monkeypatch, capsys):
     out = tmp_path / "o"
-    _kill_after_layer(monkeypatch, 0)
-    with pytest.raises(Killed):
-        main(_argv(model, out))
-    monkeypatch.undo()
+    _partial_run(model, out, monkeypatch)
     partial = _digest(tmp_path / "o.partial")
     capsys.readouterr()
     assert main([*_argv(model, out), "--seed", "3", "--percdamp", "0.05"]) == 2
