@@ -354,6 +354,17 @@ def claims(per: dict[str, dict[int, dict]], sweep: list[dict] | None = None, pic
     return out
 
 
+def gap_points(summary: dict[str, dict]) -> dict[str, dict[str, float | None]]:
+    """What the final figure draws per recipe: the per-seed gap to dense in % and its 95 % half-width (dense, or a
+    recipe without a dense run: the 0 line)."""
+    out = {}
+    for n, v in summary.items():
+        g = v["gap_vs_dense_rel"]
+        out[n] = {"val": 0.0, "ci": None} if g is None else \
+            {"val": 100 * g["mean"], "ci": None if g["ci"] is None else 100 * g["ci"]}
+    return out
+
+
 def plots(metrics: dict[str, dict[int, list[dict]]], base: Path, finals: dict, drift: dict) -> list[Path]:
     """The PNGs ``<base>_{loss,train,flips,final}.png``."""
     from sparse24.train.plot import plot_bands, plot_final_losses, smooth
@@ -389,7 +400,7 @@ def report(base: Path, plan: Plan, meta: dict[str, Any]) -> Path:
     per = {n: {s: summarize(rows) for s, rows in seeds.items()} for n, seeds in metrics.items()}
     dones = {n: [json.loads(f.read_text()) for f in sorted((folder / n).glob("seed*.done.json"))] for n in metrics}
     dense = {s: v["final_val"] for s, v in per.get("dense", {}).items()}
-    summary, finals, drift = {}, {}, {}
+    summary = {}
     head = ["| recipe | seeds | final val loss, mean ± std | vs dense, per-seed gap: mean [95 % CI] | "
             "mask drift / 40 steps (after warm-up) | median tokens/s | s per run |", "|---|---|---|---|---|---|---|"]
     for n, runs in per.items():
@@ -404,15 +415,12 @@ def report(base: Path, plan: Plan, meta: dict[str, Any]) -> Path:
                       "gap_vs_dense_rel": None if gap is None else dataclasses.asdict(gap),
                       "drift_mean": sum(dr) / len(dr) if dr else None, "tokens_per_s_median": tps,
                       "tokens": next(iter(runs.values()))["tokens"], "seconds": secs}
-        # the figure shows what the table reads: the per-seed gap to dense and its interval (dense: the 0 line)
-        finals[n] = {"val": 0.0 if gap is None else 100 * gap.mean, "ci": None if gap is None or gap.ci is None
-                     else 100 * gap.ci}
-        drift[n] = summary[n]["drift_mean"]
         std = f" ± {fv.std:.4f}" if fv.std is not None else ""
         secs_mean = f"{sum(secs) / len(secs):.0f}" if secs else "—"
         head.append(f"| {n} | {fv.n} | {fv.mean:.4f}{std} | {_pm(gap, 100, '+.2f', ' %') if gap else '—'} | "
-                    f"{'—' if not dr else f'{drift[n]:.4f}'} | {tps:.0f} | {secs_mean} |")
+                    f"{'—' if not dr else format(summary[n]['drift_mean'], '.4f')} | {tps:.0f} | {secs_mean} |")
     sweep = meta.get("sweep") or []
+    finals, drift = gap_points(summary), {n: v["drift_mean"] for n, v in summary.items()}
     reading = claims(per, sweep, meta.get("decay"), plan.sweep_steps * plan.batch_size * plan.seq_len)
     Path(f"{base}.json").write_text(json.dumps(
         {"plan": dataclasses.asdict(plan), "meta": meta, "recipes": summary,
@@ -517,10 +525,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.plot_only:
         metrics = load_metrics(tag_dir)
         summary = json.loads(meta_path.read_text())["recipes"]
-        gaps = {n: v["gap_vs_dense_rel"] for n, v in summary.items()}
-        for png in plots(metrics, base, {n: {"val": 100 * g["mean"], "ci": g["ci"] and 100 * g["ci"]} if g else
-                                         {"val": 0.0, "ci": None} for n, g in gaps.items()},
-                         {n: v["drift_mean"] for n, v in summary.items()}):
+        for png in plots(metrics, base, gap_points(summary), {n: v["drift_mean"] for n, v in summary.items()}):
             print(png)
         return 0
     if not args.report_only:
