@@ -95,6 +95,11 @@ class Pruner:
     def prune(self, weight: Tensor, stats: LayerStats | None) -> PruneResult:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def prune_group(self, weights: dict[str, Tensor], stats: LayerStats | None) -> dict[str, PruneResult]:
+        """Prune linears that share one input, hence one ``stats`` (q/k/v, gate/up; a single linear otherwise).
+        Default: :meth:`prune` each; a method whose rows are independent given the statistics may stack them."""
+        return {name: self.prune(w, stats) for name, w in weights.items()}
+
     def setup(self, model: nn.Module, linears: dict[str, nn.Module]) -> None:
         """Called once by the driver before the first layer, with the model skeleton (meta device) and every target
         linear by name, for what a pruner sizes from the whole model (ARMOR's ``--armor-budget``); default nothing."""

@@ -163,7 +163,8 @@ def run_fingerprint(pruner: Any, model_dir: Path, model: ModelArgs, calib: Calib
     calib_sha = hashlib.sha256(calib_ids.numpy().tobytes()).hexdigest()[:16] if calib_ids is not None else None
     return {"model_files": files, "method": pruner.name, "settings": pruner.settings(), "calib": calib.text,
             "nsamples": calib.nsamples, "seqlen": calib.seqlen, "seed": calib.seed, "calib_sha": calib_sha,
-            "targets": model.targets, "ignore": model.ignore, "dtype": str(dtype), "batch_size": calib.batch_size}
+            "targets": model.targets, "ignore": model.ignore, "dtype": str(dtype), "batch_size": calib.batch_size,
+            **({"forward_dtype": calib.forward_dtype} if calib.forward_dtype != "float32" else {})}
 
 
 def _input_guard(model: ModelArgs) -> list[Any]:
@@ -236,7 +237,8 @@ def prune_checkpoint(method: str = DEFAULT_METHOD, method_args: Any = None, *, m
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     calib_ids = _calibration(tokenizer, calib, model_dir) if pruner.stats != "none" else None
     state = WorkState(work, run_fingerprint(pruner, model_dir, model, calib, calib_ids, dtype), fresh=output.overwrite)
-    opts = DriverArgs(model.targets, model.ignore, device, dtype, calib.batch_size, output.progress)
+    autocast = None if calib.forward_dtype == "float32" else getattr(torch, calib.forward_dtype)
+    opts = DriverArgs(model.targets, model.ignore, device, dtype, calib.batch_size, output.progress, autocast)
     t0 = time.time()
     try:
         outcome = prune_layers(model_dir, pruner, calib_ids, opts, state, on_layer_done)
@@ -250,7 +252,7 @@ def prune_checkpoint(method: str = DEFAULT_METHOD, method_args: Any = None, *, m
     record = {"method": pruner.name, "settings": pruner.settings(), "model_dir": str(model_dir.resolve()),
               "model_files": state.fingerprint["model_files"],
               "calibration": {"text": calib.text, "nsamples": calib.nsamples, "seqlen": calib.seqlen,
-                              "seed": calib.seed,
+                              "seed": calib.seed, "forward_dtype": calib.forward_dtype,
                               "windows": "uniform random token offsets into the tokenized text"
                               if calib_ids is not None else "none (data-free)",
                               "sha256_16": state.fingerprint["calib_sha"]},

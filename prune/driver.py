@@ -20,6 +20,7 @@ import fnmatch
 import re
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ import torch
 from sparse24.prune.base import LayerStats, Pruner
 from sparse24.prune.model_io import ShardReader, decoder_layers
 from sparse24.prune.resume import WorkState
-from sparse24.prune.stats import StatsCollector
+from sparse24.prune.stats import StatsCollector, StatsDone
 from torch import Tensor, nn
 
 from sparse24.masks import is_24
@@ -50,6 +51,7 @@ class DriverArgs:
     dtype: torch.dtype = torch.float32
     batch_size: int = 8
     progress: bool = True
+    autocast: torch.dtype | None = None  # lower-precision autocast of the calibration forwards (None: ``dtype``)
 
 
 @dataclass
@@ -158,16 +160,24 @@ def _capture(model: nn.Module, reader: ShardReader, calib: Tensor, opts: DriverA
 
 
 @torch.no_grad()
-def _run_layer(layer: nn.Module, hidden: Tensor, kwargs: dict[str, Any], batch: int,
+def _run_layer(layer: nn.Module, hidden: Tensor, kwargs: dict[str, Any], opts: DriverArgs,
                collector: StatsCollector | None, keep_output: bool) -> Tensor | None:
+    """Push ``hidden`` through ``layer`` in batches (under ``opts.autocast``), feeding ``collector``; returns the
+    outputs (kept in ``hidden``'s dtype) when ``keep_output``."""
     out = torch.empty_like(hidden) if keep_output else None  # [N, T, H]
-    for b0 in range(0, hidden.shape[0], batch):
-        x = hidden[b0 : b0 + batch]
+    device_type = torch.device(opts.device).type
+    amp = (lambda: torch.autocast(device_type, dtype=opts.autocast)) if opts.autocast else nullcontext
+    for b0 in range(0, hidden.shape[0], opts.batch_size):
+        x = hidden[b0 : b0 + opts.batch_size]
         if collector is not None:
             collector.begin_batch(x.shape[0])
-        y = layer(x, **kwargs)
+        try:
+            with amp():
+                y = layer(x, **kwargs)
+        except StatsDone:  # every statistic of this batch is in; the rest of the forward is not needed
+            continue
         if out is not None:
-            out[b0 : b0 + batch] = y[0] if isinstance(y, tuple) else y
+            out[b0 : b0 + opts.batch_size] = y[0] if isinstance(y, tuple) else y
     if collector is not None:
         collector.begin_batch(0)
     return out
@@ -211,36 +221,48 @@ def _prune_layer(index: int, layer: nn.Module, names: dict[str, str], pruner: Pr
     probes: dict[str, Tensor | None] = dict.fromkeys(linears)
     dense_out = None
     if pruner.stats != "none" and hidden is not None:
-        col = StatsCollector(linears, pruner.stats)
+        col = StatsCollector(linears, pruner.stats, stop_when_done=pruner.sequential)
         try:
-            dense_out = _run_layer(layer, hidden, kwargs, opts.batch_size, col, keep_output=not pruner.sequential)
+            dense_out = _run_layer(layer, hidden, kwargs, opts, col, keep_output=not pruner.sequential)
         finally:
             col.remove()
         stats, probes = col.stats(), col.probes()
     tensors, rows = {}, []
-    for full, lin in linears.items():
-        w = lin.weight.detach()
-        _check_stats(full, index, stats[full], probes[full])
-        res = pruner.prune(w, stats[full])
-        if res.weight.shape != w.shape or res.mask.shape != w.shape or res.mask.dtype != torch.bool:
-            raise RuntimeError(f"pruner {pruner.name!r} returned bad shapes/dtypes for {full}")
-        if set(res.extra) != set(pruner.extra_tensors):
-            raise RuntimeError(f"pruner {pruner.name!r} returned extra tensors {sorted(res.extra)} for {full}; its "
-                               f"class declares extra_tensors={pruner.extra_tensors}")
-        bad = _nonfinite(res.weight) + sum(_nonfinite(t) for t in res.extra.values())
-        if bad:
-            raise NonFiniteError(f"{full}: {pruner.name} produced {bad} NaN/Inf values from finite weights and finite "
-                                 "activation statistics (a numerical failure of the method); compute in float32 "
-                                 "(--dtype float32) or change the method's settings")
-        rows.append({"layer": index, "name": full, "shape": list(w.shape),
-                     **_errors(w, res.weight, res.mask, probes[full], res.sparse), **res.info})
-        lin.weight.copy_(res.weight.to(w.dtype))
-        tensors[full + ".weight"], tensors[full + ".mask"] = lin.weight.detach(), res.mask
-        tensors.update({f"{full}.{k}": t for k, t in res.extra.items()})
+    groups: dict[int | str, list[str]] = {}  # linears sharing one input (one LayerStats object) go together
+    for full in linears:
+        groups.setdefault(id(stats[full]) if stats[full] is not None else full, []).append(full)
+    for group in groups.values():
+        for full in group:
+            _check_stats(full, index, stats[full], probes[full])
+        results = pruner.prune_group({full: linears[full].weight.detach() for full in group}, stats[group[0]])
+        for full in group:
+            rows.append(_finish_linear(full, index, linears[full], results[full], pruner, probes[full], tensors))
     if hidden is None:
         return None, tensors, rows
-    nxt = _run_layer(layer, hidden, kwargs, opts.batch_size, None, True) if pruner.sequential else dense_out
+    nxt = _run_layer(layer, hidden, kwargs, opts, None, True) if pruner.sequential else dense_out
     return nxt, tensors, rows
+
+
+def _finish_linear(full: str, index: int, lin: nn.Module, res: Any, pruner: Pruner, probe: Tensor | None,
+                   tensors: dict[str, Tensor]) -> dict[str, Any]:
+    """Check one pruner result, write it into ``lin``, add what is saved to ``tensors``; returns its report row."""
+    w = lin.weight.detach()
+    if res.weight.shape != w.shape or res.mask.shape != w.shape or res.mask.dtype != torch.bool:
+        raise RuntimeError(f"pruner {pruner.name!r} returned bad shapes/dtypes for {full}")
+    if set(res.extra) != set(pruner.extra_tensors):
+        raise RuntimeError(f"pruner {pruner.name!r} returned extra tensors {sorted(res.extra)} for {full}; its "
+                           f"class declares extra_tensors={pruner.extra_tensors}")
+    bad = _nonfinite(res.weight) + sum(_nonfinite(t) for t in res.extra.values())
+    if bad:
+        raise NonFiniteError(f"{full}: {pruner.name} produced {bad} NaN/Inf values from finite weights and finite "
+                             "activation statistics (a numerical failure of the method); compute in float32 "
+                             "(--dtype float32) or change the method's settings")
+    row = {"layer": index, "name": full, "shape": list(w.shape),
+           **_errors(w, res.weight, res.mask, probe, res.sparse), **res.info}
+    lin.weight.copy_(res.weight.to(w.dtype))
+    tensors[full + ".weight"], tensors[full + ".mask"] = lin.weight.detach(), res.mask
+    tensors.update({f"{full}.{k}": t for k, t in res.extra.items()})
+    return row
 
 
 def _targets(layers: nn.ModuleList, opts: DriverArgs) -> list[dict[str, str]]:

@@ -20,8 +20,6 @@ from sparse24.prune.args import flag
 from sparse24.prune.base import LayerStats, Pruner, PruneResult, register_pruner
 from torch import Tensor
 
-from sparse24.masks import magnitude_mask_24
-
 __all__ = ["SparseGPTArgs", "SparseGPTPruner", "check_obs_args", "sparsegpt_24", "inverse_cholesky", "prepare_hessian"]
 
 
@@ -63,8 +61,9 @@ def sparsegpt_24(weight: Tensor, hessian: Tensor | None, blocksize: int = 128, p
 
     ``dtype`` is the column loop's dtype (the factorisation is always float64); ``prepared`` is
     :func:`prepare_hessian`'s result when the caller already has it (then ``hessian`` is not read).
-    Inside a block, each group of 4 columns is OBS-updated column by column on the group only, and its errors reach
-    the rest of the block in one product (the same arithmetic as column-wise updates, fewer and larger operations).
+    Inside a block, each group of 4 columns is solved in closed form (:func:`_group_obs`: its mask and the OBS errors
+    of its 2 pruned entries per row), and its errors reach the rest of the block in one product: the same arithmetic
+    as column-by-column updates, in a few whole-group operations instead of dozens of column ones.
     """
     rows, cols = weight.shape
     if cols % 4 or blocksize % 4:
@@ -77,25 +76,36 @@ def sparsegpt_24(weight: Tensor, hessian: Tensor | None, blocksize: int = 128, p
     for b0 in range(0, cols, blocksize):
         b1 = min(b0 + blocksize, cols)
         w1, u1 = w[:, b0:b1].clone(), u[b0:b1, b0:b1]  # [out, B], [B, B]
-        q1, err1 = torch.zeros_like(w1), torch.zeros_like(w1)
+        err1 = torch.zeros_like(w1)
         d1 = torch.diagonal(u1)  # [B]
         for g in range(0, b1 - b0, 4):
-            score = w1[:, g : g + 4] ** 2 / d1[g : g + 4] ** 2  # [out, 4]
-            gone = ~magnitude_mask_24(score)  # [out, 4]
-            pruned[:, b0 + g : b0 + g + 4] = gone
+            ug = u1[g : g + 4, g : g + 4]  # [4, 4]
             wg = w1[:, g : g + 4]  # [out, 4] view
-            for j in range(4):
-                i = g + j
-                col = wg[:, j]
-                q = col.masked_fill(gone[:, j], 0.0)
-                e = (col - q) / d1[i]  # [out]
-                wg[:, j:] -= e.unsqueeze(1) * u1[i, i : g + 4].unsqueeze(0)
-                q1[:, i], err1[:, i] = q, e
-            w1[:, g + 4 :] -= err1[:, g : g + 4] @ u1[g : g + 4, g + 4 :]
-        w[:, b0:b1] = q1
+            gone, eg = _group_obs(wg, ug, d1[g : g + 4])  # [out, 4] bool, [out, 4]
+            pruned[:, b0 + g : b0 + g + 4] = gone
+            wg -= eg @ ug.triu(1)  # the group's later columns take the errors of its earlier pruned ones
+            wg.masked_fill_(gone, 0.0)
+            err1[:, g : g + 4] = eg
+            w1[:, g + 4 :] -= eg @ u1[g : g + 4, g + 4 :]
+        w[:, b0:b1] = w1
         w[:, b1:] -= err1 @ u[b0:b1, b1:]
     mask = ~pruned
     return (w * mask).to(weight.dtype), mask
+
+
+def _group_obs(wg: Tensor, ug: Tensor, dg: Tensor) -> tuple[Tensor, Tensor]:
+    """One group of 4 columns: which 2 entries of every row go (the smallest ``w² / U_jj²``; ties: the earlier index)
+    and their OBS errors ``[out, 4]`` (zero where kept), i.e. the column-by-column recurrence solved in closed form.
+
+    With the pruned indices ``a < b`` of a row: ``e_a = w_a / U_aa`` and ``e_b = (w_b - e_a U_ab) / U_bb``."""
+    score = wg.square() / dg.square()  # [out, 4]
+    idx = torch.sort(score, dim=1, stable=True).indices[:, :2].sort(dim=1).values  # [out, 2] pruned, a < b
+    a, b = idx[:, 0], idx[:, 1]  # [out]
+    wa, wb = wg.gather(1, idx).unbind(1)  # [out]
+    ea = wa / dg[a]
+    eb = (wb - ea * ug[a, b]) / dg[b]
+    gone = torch.zeros_like(wg, dtype=torch.bool).scatter_(1, idx, True)  # [out, 4]
+    return gone, torch.zeros_like(wg).scatter_(1, idx, torch.stack((ea, eb), 1))
 
 
 @dataclass(frozen=True)
@@ -129,11 +139,23 @@ class SparseGPTPruner(Pruner):
     Args = SparseGPTArgs
 
     def settings(self) -> dict[str, Any]:
-        return {**super().settings(), "compute_dtype": "float64"}
+        return {**super().settings(), "compute_dtype": "float64 factorisation, column loop in float32 (float64 for "
+                "float64 weights)"}
 
     def prune(self, weight: Tensor, stats: LayerStats | None) -> PruneResult:
         if stats is None or stats.hessian is None:
             raise ValueError("sparsegpt needs the input Hessian; run it through the driver (sparse24 prune)")
         prepared = self.per_input(stats, lambda: prepare_hessian(stats.hessian, self.args.percdamp))
-        w, mask = sparsegpt_24(weight, None, self.args.blocksize, self.args.percdamp, prepared=prepared)
+        w, mask = sparsegpt_24(weight, None, self.args.blocksize, self.args.percdamp,
+                               dtype=torch.promote_types(weight.dtype, torch.float32), prepared=prepared)
         return PruneResult(w, mask)
+
+    def prune_group(self, weights: dict[str, Tensor], stats: LayerStats | None) -> dict[str, PruneResult]:
+        """Linears sharing one input are one stacked ``[Σ out, in]`` problem (rows are independent given ``H``):
+        one column loop for q/k/v and one for gate/up instead of three and two."""
+        if len(weights) == 1:
+            return super().prune_group(weights, stats)
+        res = self.prune(torch.cat(list(weights.values())), stats)  # [Σ out, in]
+        sizes = [w.shape[0] for w in weights.values()]
+        return {name: PruneResult(w, m) for name, w, m in
+                zip(weights, res.weight.split(sizes), res.mask.split(sizes))}

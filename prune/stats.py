@@ -1,7 +1,9 @@
-"""Forward hooks that accumulate calibration statistics of linear inputs (``Σ x²`` or ``Σ x xᵀ``).
+"""Forward pre-hooks that accumulate calibration statistics of linear inputs (``Σ x²`` or ``Σ x xᵀ``).
 
 Linears that receive the *same* input tensor in a forward (q/k/v, gate/up) share one accumulator, so a layer costs
 one Hessian per distinct input instead of one per linear. Sums are taken in float32 per batch and added into float64.
+With ``stop_when_done`` the forward is cut short (:class:`StatsDone`) as soon as every hooked linear has seen its
+input, before the last one's matmul: a statistics pass whose outputs nobody reads skips ``down_proj`` and the rest.
 """
 
 from __future__ import annotations
@@ -10,7 +12,11 @@ import torch
 from sparse24.prune.base import LayerStats
 from torch import Tensor, nn
 
-__all__ = ["StatsCollector"]
+__all__ = ["StatsCollector", "StatsDone"]
+
+
+class StatsDone(Exception):
+    """Raised by a pre-hook once every hooked linear has its input for this batch (``stop_when_done``)."""
 
 
 class _Accumulator:
@@ -42,38 +48,47 @@ class _Accumulator:
 class StatsCollector:
     """Hook ``linears`` (name -> module); call :meth:`begin_batch` before each forward, :meth:`stats` at the end."""
 
-    def __init__(self, linears: dict[str, nn.Linear], kind: str, probe_rows: int = 512) -> None:
-        self.linears, self.kind, self.probe_rows = linears, kind, probe_rows
+    def __init__(self, linears: dict[str, nn.Linear], kind: str, probe_rows: int = 512,
+                 stop_when_done: bool = False) -> None:
+        self.linears, self.kind, self.probe_rows, self.stop_when_done = linears, kind, probe_rows, stop_when_done
         self.acc: dict[str, _Accumulator] = {}
         self.owner: dict[str, str] = {}  # linear name -> name of the linear whose accumulator it shares
         self._batch: list[tuple[Tensor, str]] = []  # inputs seen in this forward (strong refs: ids stay unique)
         self._samples = 0
-        self._handles = [m.register_forward_hook(self._hook(n)) for n, m in linears.items()]
+        self._seen: set[str] = set()
+        self._handles = [m.register_forward_pre_hook(self._hook(n)) for n, m in linears.items()]
 
     def begin_batch(self, samples: int) -> None:
         self._batch.clear()
+        self._seen.clear()
         self._samples = samples
 
     def _hook(self, name: str):
-        def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-            x = inputs[0]
-            for seen, owner in self._batch:
-                if seen is x:
-                    self.owner[name] = owner
-                    return
-            self._batch.append((x, name))
-            self.owner[name] = name
-            if name not in self.acc:
-                self.acc[name] = _Accumulator(self.kind, x.shape[-1], x.device)
-            self.acc[name].add(x, self._samples, self.probe_rows)
+        def hook(module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+            self._record(name, inputs[0])
+            self._seen.add(name)
+            if self.stop_when_done and len(self._seen) == len(self.linears):
+                raise StatsDone
 
         return hook
+
+    def _record(self, name: str, x: Tensor) -> None:
+        for seen, owner in self._batch:
+            if seen is x:
+                self.owner[name] = owner
+                return
+        self._batch.append((x, name))
+        self.owner[name] = name
+        if name not in self.acc:
+            self.acc[name] = _Accumulator(self.kind, x.shape[-1], x.device)
+        self.acc[name].add(x, self._samples, self.probe_rows)
 
     def remove(self) -> None:
         for h in self._handles:
             h.remove()
         self._handles.clear()
         self._batch.clear()
+        self._seen.clear()
 
     def stats(self) -> dict[str, LayerStats]:
         """Per linear name, the statistics of its input (shared objects for linears with a shared input)."""

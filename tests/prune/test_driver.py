@@ -126,3 +126,52 @@ def test_driver_keeps_the_extras_a_pruner_declares_and_refuses_others(tiny_model
 
     with pytest.raises(RuntimeError, match=r"extra tensors \['scale'\].*extra_tensors=\(\)"):
         prune_layers(tiny_model_dir, Undeclared(), None, DriverArgs(progress=False), WorkState(tmp_path / "w2", {}))
+
+
+def test_statistics_pass_stops_after_the_last_input_and_keeps_the_statistics(tiny_model_dir):
+    """With stop_when_done the forward ends at the last hooked linear's input: same statistics, no down_proj call."""
+    from sparse24.prune.stats import StatsCollector, StatsDone
+
+    layer = _load(tiny_model_dir).model.layers[0]
+    lin = {n: m for n, m in layer.named_modules() if isinstance(m, nn.Linear)}
+    x = torch.randn(3, 16, layer.self_attn.q_proj.in_features)
+    pos = torch.arange(16)[None]
+    emb = _load(tiny_model_dir).model.rotary_emb(x, pos)
+    calls = []
+    hook = lin["mlp.down_proj"].register_forward_hook(lambda *a: calls.append(1))
+    got = {}
+    for stop in (False, True):
+        col = StatsCollector(lin, "hessian", stop_when_done=stop)
+        col.begin_batch(3)
+        try:
+            with torch.no_grad():
+                layer(x, position_embeddings=emb)
+            assert not stop
+        except StatsDone:
+            assert stop
+        col.remove()
+        got[stop] = col.stats()
+    hook.remove()
+    assert calls == [1]  # only the pass without the stop ran down_proj
+    for name in lin:
+        assert torch.equal(got[True][name].hessian, got[False][name].hessian)
+    assert got[True]["self_attn.q_proj"] is got[True]["self_attn.v_proj"]  # shared input, shared statistics
+
+
+def test_bfloat16_forwards_change_the_statistics_only_by_rounding(tiny_model_dir, tmp_path):
+    """--forward-dtype bfloat16: the statistics stay float64 and within bf16
+    rounding of the float32 pass, and the result is still exactly 2:4."""
+    calib = torch.randint(0, 300, (4, 32))
+    seen = {}
+    for ac in (None, torch.bfloat16):
+        spy = SpyWanda(True)
+        out = prune_layers(tiny_model_dir, spy, calib, DriverArgs(batch_size=2, progress=False, autocast=ac),
+                           WorkState(tmp_path / f"w{ac}", {"t": 1}))
+        seen[ac] = spy.seen
+        assert all((m.reshape(-1, 4).sum(-1) == 2).all() for m in out.masks.values())
+    rels = []
+    for a, b in zip(seen[None], seen[torch.bfloat16]):
+        assert b.sqnorm.dtype == torch.float64
+        rels.append(float((a.sqnorm - b.sqnorm).norm() / a.sqnorm.norm()))
+    assert rels[0] == 0  # layer 0's q/k/v see the embeddings: no matmul before them
+    assert 0 < max(rels) < 3e-2, rels  # bf16 matmuls change later statistics, but only by rounding

@@ -32,3 +32,39 @@ def test_float32_column_loop_keeps_the_result():
     assert (ma == mb).float().mean() > 0.999
     err = [float((x @ (w.double() - r.double()).t()).square().sum()) for r in (a, b)]
     assert abs(err[1] - err[0]) <= 1e-3 * err[0]
+
+
+def test_stacked_group_equals_one_linear_at_a_time():
+    """q/k/v pruned as one [Σ out, in] problem give each linear exactly its own result (rows are independent)."""
+    g = torch.Generator().manual_seed(2)
+    st = _stats(correlated_inputs(1024, 64, g), 4)
+    ws = {"q": torch.randn(16, 64, generator=g), "k": torch.randn(8, 64, generator=g),
+          "v": torch.randn(8, 64, generator=g)}
+    got = get_pruner("sparsegpt", blocksize=16).prune_group(ws, st)
+    assert list(got) == ["q", "k", "v"]
+    for name, w in ws.items():
+        ref = get_pruner("sparsegpt", blocksize=16).prune(w, st)
+        assert torch.equal(got[name].mask, ref.mask)
+        torch.testing.assert_close(got[name].weight, ref.weight, rtol=1e-5, atol=1e-6)
+
+
+def test_group_step_is_the_column_recurrence():
+    """The closed-form group step equals OBS applied one column at a time on random groups (float64)."""
+    from sparse24.prune.sparsegpt import _group_obs
+
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(4, 4, dtype=torch.float64, generator=g)
+    u = torch.linalg.cholesky(a @ a.t() + 4 * torch.eye(4, dtype=torch.float64), upper=True)  # [4, 4] upper
+    w = torch.randn(64, 4, dtype=torch.float64, generator=g)
+    w[:8] = torch.randint(-1, 2, (8, 4), generator=g).double()  # ties
+    gone, e = _group_obs(w, u, torch.diagonal(u))
+    ref_w, ref_e = w.clone(), torch.zeros_like(w)
+    score = w.square() / torch.diagonal(u).square()
+    for r in range(w.shape[0]):  # brute force: rank by (score, later index wins ties), prune the 2 lowest
+        order = sorted(range(4), key=lambda j: (float(score[r, j]), j))
+        assert set(torch.nonzero(gone[r]).flatten().tolist()) == set(order[:2])
+        for j in range(4):
+            if gone[r, j]:
+                ref_e[r, j] = ref_w[r, j] / u[j, j]
+                ref_w[r, j:] -= ref_e[r, j] * u[j, j:]
+    torch.testing.assert_close(e, ref_e)
