@@ -148,7 +148,7 @@ def _warn(msg: str) -> None:
 
 
 def run_fingerprint(pruner: Any, model_dir: Path, model: ModelArgs, calib: CalibArgs, calib_ids: Any,
-                    dtype: Any) -> dict[str, Any]:
+                    dtype: Any, forward: Any = None) -> dict[str, Any]:
     """What a partial run must match to be resumed.
 
     The source model is fingerprinted by content: :func:`sparse24.fileio.file_fingerprint` of ``config.json``, the
@@ -164,7 +164,19 @@ def run_fingerprint(pruner: Any, model_dir: Path, model: ModelArgs, calib: Calib
     return {"model_files": files, "method": pruner.name, "settings": pruner.settings(), "calib": calib.text,
             "nsamples": calib.nsamples, "seqlen": calib.seqlen, "seed": calib.seed, "calib_sha": calib_sha,
             "targets": model.targets, "ignore": model.ignore, "dtype": str(dtype), "batch_size": calib.batch_size,
-            **({"forward_dtype": calib.forward_dtype} if calib.forward_dtype != "float32" else {})}
+            **({"forward_dtype": str(forward)} if forward is not None else {})}
+
+
+def forward_autocast(name: str, device: str, dtype: Any) -> Any:
+    """The autocast dtype of the calibration forwards (None: none) for ``--forward-dtype``: ``auto`` is bfloat16 only
+    for float32 layers on a CPU with native bf16 (elsewhere the layers already run in the checkpoint's dtype)."""
+    import torch
+
+    from sparse24.runtime import cpu_has_bf16
+
+    if name == "auto":
+        return torch.bfloat16 if device == "cpu" and dtype == torch.float32 and cpu_has_bf16() else None
+    return None if name == "float32" else getattr(torch, name)
 
 
 def _input_guard(model: ModelArgs) -> list[Any]:
@@ -236,9 +248,10 @@ def prune_checkpoint(method: str = DEFAULT_METHOD, method_args: Any = None, *, m
     dtype = resolve_dtype(model.dtype, device) or torch.float32
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     calib_ids = _calibration(tokenizer, calib, model_dir) if pruner.stats != "none" else None
-    state = WorkState(work, run_fingerprint(pruner, model_dir, model, calib, calib_ids, dtype), fresh=output.overwrite)
-    autocast = None if calib.forward_dtype == "float32" else getattr(torch, calib.forward_dtype)
-    opts = DriverArgs(model.targets, model.ignore, device, dtype, calib.batch_size, output.progress, autocast)
+    forward = forward_autocast(calib.forward_dtype, device, dtype)
+    state = WorkState(work, run_fingerprint(pruner, model_dir, model, calib, calib_ids, dtype, forward),
+                      fresh=output.overwrite)
+    opts = DriverArgs(model.targets, model.ignore, device, dtype, calib.batch_size, output.progress, forward)
     t0 = time.time()
     try:
         outcome = prune_layers(model_dir, pruner, calib_ids, opts, state, on_layer_done)
@@ -252,7 +265,7 @@ def prune_checkpoint(method: str = DEFAULT_METHOD, method_args: Any = None, *, m
     record = {"method": pruner.name, "settings": pruner.settings(), "model_dir": str(model_dir.resolve()),
               "model_files": state.fingerprint["model_files"],
               "calibration": {"text": calib.text, "nsamples": calib.nsamples, "seqlen": calib.seqlen,
-                              "seed": calib.seed, "forward_dtype": calib.forward_dtype,
+                              "seed": calib.seed, "forward_autocast": str(forward),
                               "windows": "uniform random token offsets into the tokenized text"
                               if calib_ids is not None else "none (data-free)",
                               "sha256_16": state.fingerprint["calib_sha"]},

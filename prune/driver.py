@@ -33,6 +33,7 @@ from sparse24.prune.stats import StatsCollector, StatsDone
 from torch import Tensor, nn
 
 from sparse24.masks import is_24
+from sparse24.runtime import release_memory
 
 __all__ = ["DriverArgs", "PruneOutcome", "NonFiniteError", "prune_layers", "matches", "skeleton"]
 
@@ -319,6 +320,7 @@ def prune_layers(model_dir: Path, pruner: Pruner, calib: Tensor | None, opts: Dr
         state.save_layer(i, tensors, {"rows": rows})
         state.save_acts(i + 1, hidden)
         layer.to("meta")
+        release_memory()  # else the freed layer's memory stays resident: RSS would grow by a layer each time
         left = len(layers) - i - 1
         if i == start and left:
             took = time.time() - t0

@@ -32,7 +32,7 @@ from torch import nn
 from sparse24 import __version__
 from sparse24.api import sparse_modules, sparsify
 from sparse24.compress import check_24, pack_24_disk, unpack_24_disk
-from sparse24.config import SparseConfig
+from sparse24.config import SparseConfig, SSTEConfig
 from sparse24.fileio import atomic_folder, atomic_save_safetensors, atomic_write_json
 from sparse24.integrity import (
     digest_tensors,
@@ -85,10 +85,20 @@ def effective_state_dict(model: nn.Module) -> tuple[dict[str, torch.Tensor], lis
             if leaf in SPARSE24_BUFFERS:
                 continue
             if leaf == "weight":
-                t = sparse[mod].sparse_weight() + 0.0  # -0.0 -> +0.0: the compressed file stores pruned zeros as +0
+                t = _export_weight(sparse[mod])
                 t = t.t().contiguous() if sparse[mod].conv1d else t  # GPT-2 Conv1D stores [in, out]
         sd[key] = t
     return sd, sorted(sparse)
+
+
+def _export_weight(mod: nn.Module) -> torch.Tensor:
+    """``W̃`` with +0.0 at every zero (the compressed file stores pruned zeros as +0): the parameter itself when it
+    already is exactly that (a pruned model's weights are), so saving a large model does not copy every weight."""
+    w = mod.weight.detach()
+    if not mod.dense_mode and not isinstance(mod.config, SSTEConfig):  # then W̃ = W * mask
+        if not bool(((w != 0) & ~mod.mask).any()) and not bool(((w == 0) & w.signbit()).any()):
+            return w
+    return mod.sparse_weight() + 0.0
 
 
 def _warn_if_training_state_dropped(model: nn.Module, sd: Mapping[str, torch.Tensor]) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["resolve_device", "resolve_dtype", "set_module", "quiet_third_party", "DTYPES"]
+__all__ = ["resolve_device", "resolve_dtype", "set_module", "quiet_third_party", "release_memory", "cpu_has_bf16",
+           "DTYPES"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -29,6 +30,36 @@ def resolve_dtype(name: str, device: str) -> torch.dtype | None:
         return DTYPES[name]
     except KeyError:
         raise ValueError(f"--dtype {name}: choose auto, {', '.join(DTYPES)}") from None
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX), where bf16 matmuls run ~3x float32's."""
+    cpu = getattr(torch._C, "_cpu", None)
+    return any(bool(getattr(cpu, f, lambda: False)()) for f in ("_is_avx512_bf16_supported",
+                                                                 "_is_amx_tile_supported"))
+
+
+def release_memory() -> None:
+    """Hand freed heap memory back to the OS (glibc ``malloc_trim``; a no-op elsewhere).
+
+    A loop that allocates and frees large tensors of varying sizes (one decoder layer after another) otherwise grows
+    its resident memory by about what it freed each time: glibc keeps the freed arenas. Measured on the layer loop of
+    SmolLM2-135M: +7 MB per layer without it, flat with it."""
+    global _TRIM
+    if _TRIM is None:
+        import ctypes
+        import ctypes.util
+
+        name = ctypes.util.find_library("c")
+        try:
+            _TRIM = getattr(ctypes.CDLL(name), "malloc_trim", False) if name else False
+        except OSError:
+            _TRIM = False
+    if _TRIM:
+        _TRIM(0)
+
+
+_TRIM = None
 
 
 def set_module(model: nn.Module, fqn: str, new: nn.Module) -> None:

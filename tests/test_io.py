@@ -361,3 +361,30 @@ def test_inference_export_warns_only_when_training_state_is_dropped(tiny_llama, 
     with pytest.warns(InferenceExportWarning, match="inference export.*sparse24 train --resume"):
         save_sparse(trained, tmp_path / "b")
     assert "inference export" in read_sparse24_config(tmp_path / "b")["kind"]
+
+
+def test_export_weight_is_the_masked_weight_and_copies_only_when_needed():
+    """effective_state_dict's weight equals W * mask with +0 zeros bit for bit; a weight that already is exactly that
+    (a pruned model's) is written as the parameter itself, without a copy."""
+    import torch
+
+    from sparse24.api import sparse_modules, sparsify
+    from sparse24.config import MagnitudeConfig
+    from sparse24.io import effective_state_dict
+
+    g = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ())))
+    model = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.Linear(16, 8))
+    sparsify(model, {"_default": MagnitudeConfig()})
+    (_, clean), (_, dirty) = sparse_modules(model)
+    with torch.no_grad():
+        for mod in (clean, dirty):
+            mod.weight.copy_(torch.randn(8, 16, generator=g))
+        clean.weight.mul_(clean.mask).add_(0.0)  # +0 where pruned
+        dirty.weight.mul_(dirty.mask)  # -0.0 where a negative weight was pruned
+    sd, _ = effective_state_dict(model)
+    for key, mod in (("0.weight", clean), ("1.weight", dirty)):
+        ref = mod.weight.detach().double() * mod.mask + 0.0
+        assert torch.equal(sd[key].double(), ref) and not bool(sd[key].signbit()[sd[key] == 0].any())
+    assert sd["0.weight"].data_ptr() == clean.weight.data_ptr()  # no copy
+    assert sd["1.weight"].data_ptr() != dirty.weight.data_ptr()
+    assert bool(dirty.weight.signbit()[dirty.weight == 0].any())  # the model itself is untouched
