@@ -72,6 +72,24 @@ def _check_24(folder: Path) -> str:
     return f"{ok}/{len(keys)}"
 
 
+def _ratios(rows: dict[str, dict]) -> list[str]:
+    """sparse24 / llm-compressor per method: the issue's targets are time <= 0.5x, RSS <= 1x, perplexity <= 1x."""
+    out = ["sparse24 / llm-compressor, same method (targets: prune time <= 0.5, peak RSS <= 1, perplexity <= 1):", "",
+           "| method | prune s | process wall s | peak RSS | ppl@2048 | ppl@512 | sparse24 forward autocast |",
+           "|---|---:|---:|---:|---:|---:|---|"]
+    for method in ("sparsegpt", "wanda"):
+        a, b = rows[f"s24-{method}"], rows[f"llmc-{method}"]
+        cells = [f"{a[k] / b[k]:.2f}" for k in ("oneshot_s", "process_wall_s", "peak_rss_mb", "ppl@2048", "ppl@512")]
+        out.append(f"| {method} | " + " | ".join(cells) + f" | {a.get('forward_autocast', '?')} |")
+    return out + [""]
+
+
+def _notes() -> list[str]:
+    """The hand-written reading (``llmcompressor_compare_notes.md``), kept apart so a rerun never erases it."""
+    path = RESULTS / "llmcompressor_compare_notes.md"
+    return [path.read_text(encoding="utf-8").rstrip(), ""] if path.is_file() else []
+
+
 def report(work: Path, nsamples: int, seqlen: int, threads: int, venv: str) -> None:
     rows = {}
     for tool in ("llmc", "s24"):
@@ -85,6 +103,7 @@ def report(work: Path, nsamples: int, seqlen: int, threads: int, venv: str) -> N
             else:
                 record = json.loads((work / name / "sparse24_config.json").read_text())
                 r["oneshot_s"] = record["extra"]["prune_seconds"]
+                r["forward_autocast"] = record["extra"]["calibration"].get("forward_autocast", "None (float32)")
             rows[name] = r
     vers = subprocess.run([f"{venv}/bin/python", "-c", "import importlib.metadata as m; print(*(m.version(p) for p in "
                            "('llmcompressor', 'torch', 'transformers')))"],  # metadata only: importing logs to stdout
@@ -110,7 +129,7 @@ def report(work: Path, nsamples: int, seqlen: int, threads: int, venv: str) -> N
         "passed to llm-compressor as a tokenized dataset), same perplexity windows (BoolQ passages, the first 8 x "
         "2048 and 32 x 512 tokens), both evaluated with `sparse24 eval`. `prune s` is the pruning call alone "
         "(llm-compressor `oneshot`, sparse24's layer loop); process wall and peak RSS are of the whole process.", "",
-        *lines, ""])
+        *lines, "", *_ratios(rows), *_notes()])
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "llmcompressor_compare.json").write_text(json.dumps(rows, indent=2))
     (RESULTS / "llmcompressor_compare.md").write_text(text)

@@ -105,6 +105,7 @@ class AdmmPruner(Pruner):
     sequential = True
     summary = "ADMM 2:4 mask search on the layer Hessian + exact refit; never worse than SparseGPT per row (default)"
     Args = AdmmArgs
+    rows_independent = True  # every step is row-wise given H: q/k/v and gate/up run stacked
 
     def settings(self) -> dict[str, Any]:
         return {**super().settings(), "compute_dtype": "float32 ADMM and refit, float64 Hessian and errors"}

@@ -29,11 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
+import torch
 from sparse24.prune.args import NoArgs
 from torch import Tensor
 
 if TYPE_CHECKING:  # pragma: no cover
-    import torch
     from sparse24.prune.driver import PruneOutcome
     from torch import nn
 
@@ -84,6 +84,7 @@ class Pruner:
     Args: ClassVar[type] = NoArgs
     extra_tensors: ClassVar[tuple[str, ...]] = ()
     formats: ClassVar[tuple[str, ...] | None] = None
+    rows_independent: ClassVar[bool] = False  # see prune_group; only for methods without extra_tensors
 
     def __init__(self, args: Any = None, **kwargs: Any) -> None:
         if args is not None and kwargs:
@@ -97,8 +98,16 @@ class Pruner:
 
     def prune_group(self, weights: dict[str, Tensor], stats: LayerStats | None) -> dict[str, PruneResult]:
         """Prune linears that share one input, hence one ``stats`` (q/k/v, gate/up; a single linear otherwise).
-        Default: :meth:`prune` each; a method whose rows are independent given the statistics may stack them."""
-        return {name: self.prune(w, stats) for name, w in weights.items()}
+
+        A method whose rows are pruned independently given the statistics (``rows_independent``) solves them as one
+        stacked ``[Σ out, in]`` weight: one call (one column loop, one ADMM run) for q/k/v instead of three, the same
+        result row for row. Others: :meth:`prune` each."""
+        if not self.rows_independent or len(weights) == 1:
+            return {name: self.prune(w, stats) for name, w in weights.items()}
+        res = self.prune(torch.cat(list(weights.values())), stats)  # [Σ out, in]
+        sizes = [w.shape[0] for w in weights.values()]
+        parts = zip(res.weight.split(sizes), res.mask.split(sizes))
+        return {name: PruneResult(w, m, info=dict(res.info)) for name, (w, m) in zip(weights, parts)}
 
     def setup(self, model: nn.Module, linears: dict[str, nn.Module]) -> None:
         """Called once by the driver before the first layer, with the model skeleton (meta device) and every target
@@ -153,6 +162,8 @@ def register_pruner(cls: type[Pruner]) -> type[Pruner]:
     """Class decorator: make a pruner available as ``--method <cls.name>``."""
     if cls.stats not in ("none", "sqnorm", "hessian"):
         raise ValueError(f"{cls.__name__}.stats={cls.stats!r}; choose 'none', 'sqnorm' or 'hessian'")
+    if cls.rows_independent and cls.extra_tensors:
+        raise ValueError(f"{cls.__name__}: rows_independent stacking cannot split extra_tensors {cls.extra_tensors}")
     if not dataclasses.is_dataclass(cls.Args):
         raise TypeError(f"{cls.__name__}.Args must be a dataclass (see sparse24.prune.args)")
     if cls.name not in MOVED:

@@ -114,6 +114,7 @@ class SparseGPTRefitPruner(Pruner):
     sequential = True
     summary = "SparseGPT's 2:4 mask, kept weights re-fitted exactly (per-row least squares on H)"
     Args = RefitArgs
+    rows_independent = True
 
     def settings(self) -> dict[str, Any]:
         return {**super().settings(), "compute_dtype": "float64 OBS, float32 refit"}

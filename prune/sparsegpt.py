@@ -137,6 +137,7 @@ class SparseGPTPruner(Pruner):
     sequential = True
     summary = "OBS: prune the 2 smallest w²/[H⁻¹]_jj of every 4 and update the rest (block 128, damp 0.01)"
     Args = SparseGPTArgs
+    rows_independent = True  # q/k/v and gate/up: one stacked column loop each
 
     def settings(self) -> dict[str, Any]:
         return {**super().settings(), "compute_dtype": "float64 factorisation, column loop in float32 (float64 for "
@@ -150,12 +151,3 @@ class SparseGPTPruner(Pruner):
                                dtype=torch.promote_types(weight.dtype, torch.float32), prepared=prepared)
         return PruneResult(w, mask)
 
-    def prune_group(self, weights: dict[str, Tensor], stats: LayerStats | None) -> dict[str, PruneResult]:
-        """Linears sharing one input are one stacked ``[Σ out, in]`` problem (rows are independent given ``H``):
-        one column loop for q/k/v and one for gate/up instead of three and two."""
-        if len(weights) == 1:
-            return super().prune_group(weights, stats)
-        res = self.prune(torch.cat(list(weights.values())), stats)  # [Σ out, in]
-        sizes = [w.shape[0] for w in weights.values()]
-        return {name: PruneResult(w, m) for name, w, m in
-                zip(weights, res.weight.split(sizes), res.mask.split(sizes))}

@@ -34,9 +34,8 @@ def resolve_dtype(name: str, device: str) -> torch.dtype | None:
 
 def cpu_has_bf16() -> bool:
     """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX), where bf16 matmuls run ~3x float32's."""
-    cpu = getattr(torch._C, "_cpu", None)
-    return any(bool(getattr(cpu, f, lambda: False)()) for f in ("_is_avx512_bf16_supported",
-                                                                 "_is_amx_tile_supported"))
+    return any(bool(getattr(torch.cpu, f, lambda: False)()) for f in ("_is_avx512_bf16_supported",
+                                                                       "_is_amx_tile_supported"))
 
 
 def release_memory() -> None:

@@ -175,3 +175,23 @@ def test_bfloat16_forwards_change_the_statistics_only_by_rounding(tiny_model_dir
         rels.append(float((a.sqnorm - b.sqnorm).norm() / a.sqnorm.norm()))
     assert rels[0] == 0  # layer 0's q/k/v see the embeddings: no matmul before them
     assert 0 < max(rels) < 3e-2, rels  # bf16 matmuls change later statistics, but only by rounding
+
+
+def test_cpu_bf16_detection_matches_the_cpu_flags():
+    """cpu_has_bf16 (which makes --forward-dtype auto pick bf16) agrees with the kernel's CPU flags."""
+    from pathlib import Path
+
+    from sparse24.prune.cli import forward_autocast
+
+    from sparse24.runtime import cpu_has_bf16
+
+    info = Path("/proc/cpuinfo")
+    if not info.is_file():
+        pytest.skip("no /proc/cpuinfo on this OS")
+    flags = set(info.read_text().split())
+    assert cpu_has_bf16() == bool(flags & {"avx512_bf16", "amx_bf16"})
+    want = torch.bfloat16 if cpu_has_bf16() else None
+    assert forward_autocast("auto", "cpu", torch.float32) == want
+    assert forward_autocast("auto", "cpu", torch.bfloat16) is None  # already bf16 layers
+    assert forward_autocast("float32", "cpu", torch.float32) is None
+    assert forward_autocast("bfloat16", "cuda", torch.float16) == torch.bfloat16
