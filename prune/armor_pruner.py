@@ -80,11 +80,19 @@ class ArmorPruner(Pruner):
         self.block_size = block_size_for_budget(total, shapes, self.args.budget)
 
     def prune(self, weight: Tensor, stats: LayerStats | None) -> PruneResult:
+        return self._refine(weight, stats, self.init_pruner.prune(weight, stats))
+
+    def prune_group(self, weights: dict[str, Tensor], stats: LayerStats | None) -> dict[str, PruneResult]:
+        """The init method prunes the group its own way (stacked when its rows are independent), so 0 iterations
+        reproduce its model exactly; ARMOR then refines each linear."""
+        starts = self.init_pruner.prune_group(weights, stats)
+        return {name: self._refine(w, stats, starts[name]) for name, w in weights.items()}
+
+    def _refine(self, weight: Tensor, stats: LayerStats | None, start: PruneResult) -> PruneResult:
         hessian = check_hessian_stats(stats, self.name)
         if self.args.budget is not None and self.block_size is None:
             raise ValueError("--armor-budget needs the whole model to pick a block size; run ARMOR through the driver "
                              "(sparse24 prune), or pass --block-size")
-        start = self.init_pruner.prune(weight, stats)
         res = armor_layer(weight, hessian, start.weight, start.mask, self.args, self.block_size)
         mod = ArmorLinear.from_result(res, None, dtype=weight.dtype)
         w_eff = mod.dense_weight().to(weight.dtype)

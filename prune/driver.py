@@ -19,7 +19,7 @@ from __future__ import annotations
 import fnmatch
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from sparse24.masks import is_24
 from sparse24.runtime import release_memory
 
-__all__ = ["DriverArgs", "PruneOutcome", "NonFiniteError", "prune_layers", "matches", "skeleton"]
+__all__ = ["DriverArgs", "PruneOutcome", "StoredTensors", "NonFiniteError", "prune_layers", "matches", "skeleton"]
 
 
 class NonFiniteError(RuntimeError):
@@ -57,12 +57,36 @@ class DriverArgs:
 
 @dataclass
 class PruneOutcome:
-    """Pruned weights and masks by linear name, and one report row per pruned linear."""
+    """Pruned weights and masks by linear name, and one report row per pruned linear.
 
-    weights: dict[str, Tensor]
-    masks: dict[str, Tensor]
+    ``weights``/``masks``/``extras`` are mappings; :func:`prune_layers` returns them as :class:`StoredTensors` that read
+    each tensor from the run's per-layer files when it is looked up, so the whole model's pruned weights are never
+    all in memory at once (assembling the model copies them one at a time)."""
+
+    weights: Mapping[str, Tensor]
+    masks: Mapping[str, Tensor]
     report: list[dict[str, Any]]
-    extras: dict[str, dict[str, Tensor]] = field(default_factory=dict)  # {name: {leaf: tensor}}, pruner.extra_tensors
+    extras: Mapping[str, dict[str, Tensor]] = field(default_factory=dict)  # {name: {leaf: tensor}}: extra_tensors
+
+
+class StoredTensors(Mapping):
+    """``name -> tensor`` (or ``name -> {leaf: tensor}`` when ``leaves`` is given) read on lookup from a
+    :class:`~sparse24.prune.resume.WorkState` (``index``: name -> layer)."""
+
+    def __init__(self, state: WorkState, index: dict[str, int], leaf: str = "", leaves: tuple[str, ...] = ()) -> None:
+        self.state, self.index, self.leaf, self.leaves = state, index, leaf, leaves
+
+    def __getitem__(self, name: str) -> Any:
+        layer = self.index[name]
+        if self.leaves:
+            return {k: self.state.load_tensor(layer, f"{name}.{k}") for k in self.leaves}
+        return self.state.load_tensor(layer, f"{name}.{self.leaf}")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.index)
+
+    def __len__(self) -> int:
+        return len(self.index)
 
 
 def matches(name: str, targets: list[str], ignore: list[str]) -> bool:
@@ -328,14 +352,13 @@ def prune_layers(model_dir: Path, pruner: Pruner, calib: Tensor | None, opts: Dr
                        f"should take about {_eta(took * left)} on this machine")
         if on_layer_done is not None:
             on_layer_done(i)
-    weights, masks, report, extras = {}, {}, [], {}
+    where: dict[str, dict[str, int]] = {"weight": {}, "mask": {}, "extra": {}}  # kind -> linear name -> layer
+    report: list[dict[str, Any]] = []
     for i in range(len(layers)):
-        tensors, rep = state.load_layer(i)
+        keys, rep = state.layer_keys(i)
         report += rep.get("rows", [])
-        for key, t in tensors.items():
+        for key in keys:
             name, _, leaf = key.rpartition(".")
-            if leaf in pruner.extra_tensors:
-                extras.setdefault(name, {})[leaf] = t
-            else:
-                (masks if leaf == "mask" else weights)[name] = t
-    return PruneOutcome(weights, masks, report, extras)
+            where["extra" if leaf in pruner.extra_tensors else leaf][name] = i
+    return PruneOutcome(StoredTensors(state, where["weight"], "weight"), StoredTensors(state, where["mask"], "mask"),
+                        report, StoredTensors(state, where["extra"], leaves=pruner.extra_tensors))

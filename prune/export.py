@@ -16,10 +16,8 @@ __all__ = ["assemble", "summary_table", "check_all_24"]
 
 
 def assemble(model_dir: Path, outcome: PruneOutcome, dtype: torch.dtype | None = None) -> nn.Module:
-    """The full model (loaded once, on the CPU) with pruned weights and fixed 2:4 ``SparseLinear`` modules.
-
-    Consumes ``outcome.weights`` and ``outcome.masks``: each entry is dropped once copied, so the pruned weights are
-    never held twice (for SmolLM2-135M that is 0.5 GB of peak memory)."""
+    """The full model (loaded once, on the CPU) with pruned weights and fixed 2:4 ``SparseLinear`` modules; the
+    outcome's tensors are read one at a time (see :class:`~sparse24.prune.driver.PruneOutcome`)."""
     from transformers import AutoModelForCausalLM
 
     from sparse24.api import sparse_modules, sparsify
@@ -29,11 +27,11 @@ def assemble(model_dir: Path, outcome: PruneOutcome, dtype: torch.dtype | None =
     names = list(outcome.weights)
     with torch.no_grad():
         for name in names:
-            model.get_submodule(name).weight.copy_(outcome.weights.pop(name))
+            model.get_submodule(name).weight.copy_(outcome.weights[name])
     sparsify(model, {"_default": None, **dict.fromkeys(names, MagnitudeConfig())})
     with torch.no_grad():
         for name, mod in sparse_modules(model):
-            mod.mask.copy_(outcome.masks.pop(name))  # the pruner's mask (equal to the magnitude mask of the zeros)
+            mod.mask.copy_(outcome.masks[name])  # the pruner's mask (equal to the magnitude mask of the zeros)
             mod.weight.mul_(mod.mask).add_(0.0)  # exactly the saved weight (+0 where pruned): written without a copy
     return model.eval()
 

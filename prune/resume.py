@@ -52,6 +52,20 @@ class WorkState:
     def save_layer(self, index: int, tensors: dict[str, torch.Tensor], report: dict[str, Any]) -> None:
         atomic_save_safetensors(tensors, self.layer_path(index), {"report": json.dumps(report)})
 
+    def layer_keys(self, index: int) -> tuple[list[str], dict[str, Any]]:
+        """The tensor names saved for layer ``index`` and its report, without reading any tensor data."""
+        from safetensors import safe_open
+
+        with safe_open(str(self.layer_path(index)), "pt") as f:
+            return list(f.keys()), json.loads((f.metadata() or {}).get("report", "{}"))
+
+    def load_tensor(self, index: int, key: str) -> torch.Tensor:
+        """One saved tensor of layer ``index``."""
+        from safetensors import safe_open
+
+        with safe_open(str(self.layer_path(index)), "pt") as f:
+            return f.get_tensor(key)
+
     def load_layer(self, index: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         from safetensors import safe_open
 

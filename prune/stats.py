@@ -28,10 +28,11 @@ class _Accumulator:
 
     def add(self, x: Tensor, samples: int, probe_rows: int) -> None:
         x2d = x.detach().reshape(-1, x.shape[-1]).float()  # [tokens, in]
-        if self.kind == "hessian":
-            self.sum += (x2d.t() @ x2d).double()  # [in, in]
-        else:
-            self.sum += x2d.square().sum(0).double()  # [in]
+        with torch.autocast(x.device.type, enabled=False):  # the hooks run inside the forward's autocast, if any
+            if self.kind == "hessian":
+                self.sum += (x2d.t() @ x2d).double()  # [in, in]
+            else:
+                self.sum += x2d.square().sum(0).double()  # [in]
         self.nsamples += samples
         self.tokens += x2d.shape[0]
         if self.probe is None and probe_rows:

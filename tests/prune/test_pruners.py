@@ -138,3 +138,17 @@ def test_bad_inputs_name_the_fix():
         get_pruner("wanda").prune(torch.randn(4, 8), None)
     with pytest.raises(ValueError, match="multiple of 4"):
         get_pruner("sparsegpt", blocksize=6)
+
+
+def test_statistics_stay_float32_inside_a_bf16_autocast_forward():
+    """The driver runs calibration forwards under bf16 autocast (--forward-dtype); the hooks' x xᵀ must not be
+    computed in bf16 (that made H indefinite by ~1 % and broke ADMM's eigendecomposition)."""
+    lin = nn.Linear(48, 8)
+    x = torch.randn(4, 96, 48)
+    col = StatsCollector({"a": lin}, "hessian")
+    col.begin_batch(4)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        lin(x)
+    col.remove()
+    ref = 2 * x.reshape(-1, 48).double().t() @ x.reshape(-1, 48).double() / 4
+    torch.testing.assert_close(col.stats()["a"].hessian, ref, rtol=1e-5, atol=1e-4)
