@@ -152,3 +152,15 @@ def test_statistics_stay_float32_inside_a_bf16_autocast_forward():
     col.remove()
     ref = 2 * x.reshape(-1, 48).double().t() @ x.reshape(-1, 48).double() / 4
     torch.testing.assert_close(col.stats()["a"].hessian, ref, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("features", [64, 576, 1100])
+def test_gram_equals_the_float64_product(features):
+    """The blocked upper-triangle xᵀx equals the float64 product (to float32 rounding) and is exactly symmetric."""
+    from sparse24.prune.stats import gram
+
+    x = torch.randn(300, features)
+    h = gram(x)
+    ref = x.double().t() @ x.double()
+    torch.testing.assert_close(h.double(), ref, rtol=1e-5, atol=1e-3)
+    assert torch.equal(h, h.t())
