@@ -217,9 +217,10 @@ def _errors(w: Tensor, new: Tensor, mask: Tensor, probe: Tensor | None,
     sparse = new if sparse is None else sparse
     row = {"weight_err": float(d64.square().sum() / w64.square().sum().clamp(min=1e-30)),
            "is_24": bool(is_24(sparse)) and bool((mask.reshape(-1, 4).sum(-1) == 2).all())}
-    if probe is not None:
-        x = probe.double()  # [P, in]
-        row["out_err"] = float((x @ d64.t()).square().sum() / (x @ w64.t()).square().sum().clamp(min=1e-30))
+    if probe is not None:  # float32 products (a report, not a decision: 1e-6 relative is plenty), float64 sums
+        x, d32 = probe.float(), d64.float()  # [P, in], [out, in]
+        num, den = (x @ d32.t()).double().square().sum(), (x @ w.float().t()).double().square().sum()
+        row["out_err"] = float(num / den.clamp(min=1e-30))
     return row
 
 

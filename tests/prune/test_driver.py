@@ -195,3 +195,18 @@ def test_cpu_bf16_detection_matches_the_cpu_flags():
     assert forward_autocast("auto", "cpu", torch.bfloat16) is None  # already bf16 layers
     assert forward_autocast("float32", "cpu", torch.float32) is None
     assert forward_autocast("bfloat16", "cuda", torch.float16) == torch.bfloat16
+
+
+def test_report_output_error_matches_the_float64_formula(tiny_model_dir, tmp_path):
+    """The report's out_err of layer 0's q_proj is ‖XΔWᵀ‖²/‖XWᵀ‖² on its calibration inputs, in float64."""
+    calib = torch.randint(0, 300, (3, 20))  # 60 tokens: all of them are probe rows
+    out = prune_layers(tiny_model_dir, get_pruner("sparsegpt"), calib, DriverArgs(batch_size=3, progress=False,
+                       autocast=None), WorkState(tmp_path / "w", {"t": 1}))
+    name = "model.layers.0.self_attn.q_proj"
+    row = next(r for r in out.report if r["name"] == name)
+    dense = _load(tiny_model_dir)
+    x = _q_inputs(dense, calib, 0)  # [60, hidden] float64
+    w = dense.get_submodule(name).weight.double()
+    d = w - out.weights[name].double()
+    ref = float((x @ d.t()).square().sum() / (x @ w.t()).square().sum())
+    assert row["out_err"] == pytest.approx(ref, rel=1e-4)
