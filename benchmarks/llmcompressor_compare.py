@@ -57,7 +57,8 @@ def _time_log(path: Path) -> dict:
     parts = [float(p) for p in wall.split(":")]
     secs = sum(p * 60 ** i for i, p in enumerate(reversed(parts)))
     rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", text).group(1))
-    return {"process_wall_s": round(secs, 1), "peak_rss_mb": round(rss / 1024)}
+    cpu = sum(float(re.search(rf"{k} time \(seconds\): (\S+)", text).group(1)) for k in ("User", "System"))
+    return {"process_wall_s": round(secs, 1), "process_cpu_s": round(cpu, 1), "peak_rss_mb": round(rss / 1024)}
 
 
 def _check_24(folder: Path) -> str:
@@ -75,11 +76,12 @@ def _check_24(folder: Path) -> str:
 def _ratios(rows: dict[str, dict]) -> list[str]:
     """sparse24 / llm-compressor per method: the issue's targets are time <= 0.5x, RSS <= 1x, perplexity <= 1x."""
     out = ["sparse24 / llm-compressor, same method (targets: prune time <= 0.5, peak RSS <= 1, perplexity <= 1):", "",
-           "| method | prune s | process wall s | peak RSS | ppl@2048 | ppl@512 | sparse24 forward autocast |",
-           "|---|---:|---:|---:|---:|---:|---|"]
+           "| method | prune s | process wall s | process CPU s | peak RSS | ppl@2048 | ppl@512 | sparse24 forward "
+           "autocast |", "|---|---:|---:|---:|---:|---:|---:|---|"]
     for method in ("sparsegpt", "wanda"):
         a, b = rows[f"s24-{method}"], rows[f"llmc-{method}"]
-        cells = [f"{a[k] / b[k]:.2f}" for k in ("oneshot_s", "process_wall_s", "peak_rss_mb", "ppl@2048", "ppl@512")]
+        keys = ("oneshot_s", "process_wall_s", "process_cpu_s", "peak_rss_mb", "ppl@2048", "ppl@512")
+        cells = [f"{a[k] / b[k]:.2f}" for k in keys]
         out.append(f"| {method} | " + " | ".join(cells) + f" | {a.get('forward_autocast', '?')} |")
     return out + [""]
 
@@ -112,12 +114,13 @@ def report(work: Path, nsamples: int, seqlen: int, threads: int, venv: str) -> N
     import transformers
 
     load = Path("/proc/loadavg").read_text().split()[:3]
-    head = "| tool | method | ppl@2048 (8 win) | ppl@512 (32 win) | prune s | process wall s | peak RSS MB | 2:4 |"
-    lines = [head, "|---|---|---|---|---|---|---|---|"]
+    head = ("| tool | method | ppl@2048 (8 win) | ppl@512 (32 win) | prune s | process wall s | process CPU s | "
+            "peak RSS MB | 2:4 |")
+    lines = [head, "|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         tool = "llm-compressor" if name.startswith("llmc") else "sparse24"
         lines.append(f"| {tool} | {name.split('-')[1]} | {r['ppl@2048']:.2f} | {r['ppl@512']:.2f} | {r['oneshot_s']} "
-                     f"| {r['process_wall_s']} | {r['peak_rss_mb']} | {r['check_24']} |")
+                     f"| {r['process_wall_s']} | {r['process_cpu_s']} | {r['peak_rss_mb']} | {r['check_24']} |")
     text = "\n".join([
         "# sparse24 vs llm-compressor: 2:4 SparseGPT / Wanda on SmolLM2-135M-Instruct", "",
         f"Measured {datetime.date.today()} on the CPU, {threads} threads for both tools (torch.set_num_threads and "
@@ -128,7 +131,8 @@ def report(work: Path, nsamples: int, seqlen: int, threads: int, venv: str) -> N
         f"Same model (float32), same {nsamples} x {seqlen} calibration windows (sparse24's `calib` windows, seed 0, "
         "passed to llm-compressor as a tokenized dataset), same perplexity windows (BoolQ passages, the first 8 x "
         "2048 and 32 x 512 tokens), both evaluated with `sparse24 eval`. `prune s` is the pruning call alone "
-        "(llm-compressor `oneshot`, sparse24's layer loop); process wall and peak RSS are of the whole process.", "",
+        "(llm-compressor `oneshot`, sparse24's layer loop); process wall, CPU (user + system, the measure least "
+        "moved by other jobs on the cores) and peak RSS are of the whole process.", "",
         *lines, "", *_ratios(rows), *_notes()])
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "llmcompressor_compare.json").write_text(json.dumps(rows, indent=2))

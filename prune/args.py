@@ -149,7 +149,8 @@ class CalibArgs:
     forward_dtype: str = flag("auto", "autocast dtype of the calibration forwards: bfloat16 (about 3x faster matmuls "
                               "on CPUs with AVX512-BF16/AMX; the statistics are still summed in float32/64 and the "
                               "weights pruned and saved in --dtype), float32 (no autocast), or auto (bfloat16 on a "
-                              "CPU with native bf16 and --dtype float32, else none)",
+                              "CPU with native bf16 and --dtype float32 for methods whose cost is mostly these "
+                              "forwards: sparsegpt, wanda; none for admm/armor)",
                               choices=("auto", "float32", "bfloat16"))
 
     def __post_init__(self) -> None:

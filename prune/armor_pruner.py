@@ -63,6 +63,7 @@ class ArmorPruner(Pruner):
                              "method without extra tensors (e.g. admm, sparsegpt, wanda, magnitude)")
         self.init_pruner = get_pruner(self.args.init)
         self.sequential = self.init_pruner.sequential  # type: ignore[misc]  (instance follows its init)
+        self.bf16_forwards = self.init_pruner.bf16_forwards  # type: ignore[misc]  (so 0 iterations = its init)
         self.block_size: int | str | None = None  # set by setup() when --armor-budget picks it
 
     def settings(self) -> dict[str, Any]:

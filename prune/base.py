@@ -85,6 +85,8 @@ class Pruner:
     extra_tensors: ClassVar[tuple[str, ...]] = ()
     formats: ClassVar[tuple[str, ...] | None] = None
     rows_independent: ClassVar[bool] = False  # see prune_group; only for methods without extra_tensors
+    # --forward-dtype auto may run this method's calibration forwards in bf16 (where the forwards are most of its cost)
+    bf16_forwards: ClassVar[bool] = True
 
     def __init__(self, args: Any = None, **kwargs: Any) -> None:
         if args is not None and kwargs:

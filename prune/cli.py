@@ -26,11 +26,12 @@ DESCRIPTION = """Prune every linear inside the decoder layers to 2:4 (2 of every
 How it works: --nsamples random windows of --seqlen tokens from the --calib text (seed --seed) are pushed through
 the model one decoder layer at a time; each layer's linears are pruned from the statistics of their inputs, and the
 layer's outputs feed the next layer (the pruned layer's for Wanda/SparseGPT, the dense layer's for ARMOR). On a CPU
-with native bf16 these forwards run under bf16 autocast (about 2x faster in all; --forward-dtype float32 turns it
-off); statistics and pruning stay float32/64. Embeddings and lm_head stay dense. Only one decoder layer is on the
-device at a time; progress is saved to <out>.partial/ after every layer, so a killed run restarted with the same
-arguments resumes (bit-identical result). A run that fails before finishing a layer leaves nothing behind; --out may
-never be, contain or sit inside --model.
+with native bf16, SparseGPT's and Wanda's forwards run under bf16 autocast (about 2x faster in all; --forward-dtype
+float32 turns it off; admm keeps float32, its own math being most of its time); statistics and pruning stay
+float32/64. Embeddings and lm_head stay dense. Only one decoder layer is on the device at a time; progress is saved
+to <out>.partial/ after every layer, so a killed run restarted with the same arguments resumes (bit-identical
+result). A run that fails before finishing a layer leaves nothing behind; --out may never be, contain or sit inside
+--model.
 
 Methods (--method list prints them with the data each needs):
   magnitude  keep the 2 largest |w| of every 4; no data.
@@ -169,15 +170,17 @@ def run_fingerprint(pruner: Any, model_dir: Path, model: ModelArgs, calib: Calib
             **({"forward_dtype": str(forward)} if forward is not None else {})}
 
 
-def forward_autocast(name: str, device: str, dtype: Any) -> Any:
+def forward_autocast(name: str, device: str, dtype: Any, method_allows: bool = True) -> Any:
     """The autocast dtype of the calibration forwards (None: none) for ``--forward-dtype``: ``auto`` is bfloat16 only
-    for float32 layers on a CPU with native bf16 (elsewhere the layers already run in the checkpoint's dtype)."""
+    for float32 layers on a CPU with native bf16 (elsewhere the layers already run in the checkpoint's dtype) and a
+    method whose cost is mostly those forwards (``Pruner.bf16_forwards``)."""
     import torch
 
     from sparse24.runtime import cpu_has_bf16
 
     if name == "auto":
-        return torch.bfloat16 if device == "cpu" and dtype == torch.float32 and cpu_has_bf16() else None
+        fast = device == "cpu" and dtype == torch.float32 and method_allows and cpu_has_bf16()
+        return torch.bfloat16 if fast else None
     return None if name == "float32" else getattr(torch, name)
 
 
@@ -250,7 +253,7 @@ def prune_checkpoint(method: str = DEFAULT_METHOD, method_args: Any = None, *, m
     dtype = resolve_dtype(model.dtype, device) or torch.float32
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     calib_ids = _calibration(tokenizer, calib, model_dir) if pruner.stats != "none" else None
-    forward = forward_autocast(calib.forward_dtype, device, dtype)
+    forward = forward_autocast(calib.forward_dtype, device, dtype, pruner.bf16_forwards)
     state = WorkState(work, run_fingerprint(pruner, model_dir, model, calib, calib_ids, dtype, forward),
                       fresh=output.overwrite)
     opts = DriverArgs(model.targets, model.ignore, device, dtype, calib.batch_size, output.progress, forward)

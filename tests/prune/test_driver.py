@@ -195,6 +195,11 @@ def test_cpu_bf16_detection_matches_the_cpu_flags():
     assert forward_autocast("auto", "cpu", torch.bfloat16) is None  # already bf16 layers
     assert forward_autocast("float32", "cpu", torch.float32) is None
     assert forward_autocast("bfloat16", "cuda", torch.float16) == torch.bfloat16
+    assert forward_autocast("auto", "cpu", torch.float32, method_allows=False) is None
+    from sparse24.prune.base import get_pruner
+
+    assert get_pruner("sparsegpt").bf16_forwards and not get_pruner("admm").bf16_forwards
+    assert not get_pruner("armor").bf16_forwards and get_pruner("armor", init="wanda").bf16_forwards
 
 
 def test_report_output_error_matches_the_float64_formula(tiny_model_dir, tmp_path):
