@@ -263,8 +263,7 @@ def shown(entry: dict[str, Any]) -> str:
     if entry.get("reused"):
         return f"{entry['label']} (reused: results of {entry['reused']})"
     if entry.get("same_as"):
-        return (f"{entry['label']} (ppl today, equal to the reused start's; zero-shot reused: results of "
-                f"{entry['same_as']['reused']})")
+        return f"{entry['label']} (ppl today = the reused start's; zero-shot reused: {entry['same_as']['reused']})"
     return entry["label"]
 
 
