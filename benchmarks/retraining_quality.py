@@ -19,7 +19,7 @@ this one; new runs must start from the same model (checked by perplexity, see :f
     sparse24 retrain ... --no-slorb --out out/ast-noslorb
     python benchmarks/retraining_quality.py "AST=out/ast-full" "AST without SLoRB=out/ast-noslorb" --threads 1
     python benchmarks/retraining_quality.py --reuse benchmarks/results/retraining_quality.json \
-        "AST without SLoRB=out/ast-noslorb" --new-tasks ''   # the committed rows + a new one (ppl only)
+        "AST without SLoRB=out/ast-noslorb" --ppl-only "AST without SLoRB"   # committed rows + a new one, ppl only
 
 Gap closed = (ppl_start - ppl_retrained) / (ppl_start - ppl_dense); the issue's target is >= 50 % within 30 minutes
 of CPU retraining on 2 cores.
@@ -343,9 +343,8 @@ def write(rows: list[dict[str, Any]], base: dict[str, dict[str, Any]], a: argpar
         dates = sorted({e["reused"] for e in [*rows, *base.values()] if e.get("reused")})
         src = (f" Rows marked reused are taken as recorded from `{a.reuse.name}` (results of {', '.join(dates)}, "
                "the same evaluation protocol), not evaluated again." if dates else "")
-        if a.new_tasks is not None and a.new_tasks != a.tasks:
-            src += (f" Models evaluated in this pass: zero-shot {a.new_tasks or 'none'} (--new-tasks; '-': not "
-                    "evaluated).")
+        if a.ppl_only and a.tasks:
+            src += f" Perplexity only (--ppl-only; '-': zero-shot not evaluated): {', '.join(a.ppl_only)}."
         evals = [f"## Evaluation of the finished models (`sparse24 eval`, {a.threads} torch thread(s))", "",
                  f"Perplexity on `{a.text}`, non-overlapping windows, the first {windows} (the same windows for "
                  f"every model). {zs}Gap closed = (start - model) / (start - dense) at that seqlen. Extra params: "
@@ -398,8 +397,8 @@ def main(argv: list[str] | None = None) -> int:
                    "(default 32 4: 16k and 8k tokens; on 1 thread of 2 cores at load ~5, ~4.5 and ~2.5 min a model)")
     g.add_argument("--tasks", default="arc_easy,piqa,winogrande,hellaswag", help="zero-shot tasks, '' for none")
     g.add_argument("--limit", type=int, default=100, help="documents per task, 0: all (default 100)")
-    g.add_argument("--new-tasks", help="zero-shot tasks of the models evaluated in this pass (default: --tasks; '' "
-                   "for none, their cells show '-'); reused rows keep theirs")
+    g.add_argument("--ppl-only", nargs="+", default=[], metavar="LABEL", help="runs evaluated in this pass "
+                   "without zero-shot (their cells show '-'); reused rows keep theirs")
     g.add_argument("--threads", type=int, default=1, help="torch threads of each evaluation (default 1)")
     g.add_argument("--work", type=Path, default=Path("out/retraining_quality"), help="where the baselines' "
                    "evaluations are cached (default out/retraining_quality)")
@@ -415,19 +414,21 @@ def main(argv: list[str] | None = None) -> int:
         specs.append((label, Path(folder)))
     if not specs and not a.reuse:
         p.error("give LABEL=FOLDER runs, or --reuse an earlier results JSON")
+    unknown = set(a.ppl_only) - {label for label, _ in specs}
+    if unknown:
+        p.error(f"--ppl-only {sorted(unknown)}: not the LABEL of a run given here")
     reused, reused_base, again = load_reuse(a.reuse, a, {lb for lb, _ in specs}) if a.reuse else ([], {}, [])
     fresh = [summarize(label, folder) for label, folder in again + specs]
     rows = reused + fresh
     check_comparable(rows)
     base = merge_baselines(fresh, reused_base, a)
     if a.evaluate:
-        tasks = a.tasks if a.new_tasks is None else a.new_tasks
         for key, b in base.items():
             if b["model"] and "ev" not in b:
                 b["ev"] = evaluate(b["model"], a.work / "dense" if key == "dense" else _start_cache(a, b["model"]), a,
-                                   tasks)
+                                   a.tasks)
         for r in fresh:
-            r["ev"] = evaluate(r["folder"], Path(r["folder"]) / "evals", a, tasks)
+            r["ev"] = evaluate(r["folder"], Path(r["folder"]) / "evals", a, "" if r["label"] in a.ppl_only else a.tasks)
     write(rows, base, a, [a.notes.read_text(encoding="utf-8").rstrip()] if a.notes else [])
     return 0
 

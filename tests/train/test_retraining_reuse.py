@@ -165,3 +165,26 @@ def test_report_date_of_a_json_from_before_the_written_field(runs, counted):
     del saved["written"]
     assert bench.report_date(path, saved) == str(datetime.date.today())  # the .md's 'Written' line
     assert bench.report_date(runs / "nowhere.json", saved) == "an undated report"
+
+
+def test_ppl_only_rows_skip_zero_shot(runs, counted, monkeypatch):
+    bench = _bench()
+    counted(bench)
+    zs: list[str] = []
+
+    def zeroshot(model, tasks, limit, threads, path):  # lm-eval itself is tested in tests/eval; here: who is asked
+        zs.append(Path(model).name)
+        return {"tasks": {t: {"acc": 0.5, "n": limit, "acc_stderr": 0.5} for t in tasks.split(",")}, "run": {}}
+
+    monkeypatch.setattr(bench.E, "zeroshot", zeroshot)
+    argv = [f"AST={runs / 'a'}", f"KL off={runs / 'b'}", "--out", str(runs / "z" / "q.md"), "--text",
+            str(runs / "text.txt"), "--seqlens", "24", "--windows", "2", "--tasks", "winogrande", "--limit", "2",
+            "--work", str(runs / "z" / "w"), "--ppl-only", "KL off"]
+    with pytest.raises(SystemExit):  # a label that is no run given here
+        bench.main([*argv[:-1], "KL of"])
+    assert bench.main(argv) == 0
+    assert sorted(zs) == ["a", "m", "p"]  # dense, start, AST: not "KL off" (perplexity only)
+    saved = json.loads((runs / "z" / "q.json").read_text())
+    assert [sorted(r["ev"]["zeroshot"]) for r in saved["runs"]] == [["winogrande"], []]
+    b_row = next(line for line in (runs / "z" / "q.md").read_text().splitlines() if line.startswith("| **KL off**"))
+    assert b_row.split(" | ")[3] == "-"  # model | ppl | gap | winogrande
