@@ -100,9 +100,10 @@ def plot(rows: list[dict[str, Any]], out: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for r in rows:
-        label = r["label"] + (f" ({r['reused']})" if r.get("reused") else "")
-        ax.plot([p[0] for p in r["points"]], [p[2] for p in r["points"]], marker="o", label=label)
+    for i, r in enumerate(rows):  # other markers and dashes, so curves that coincide stay visible
+        label = r["label"] + (f" (reused, {r['reused']})" if r.get("reused") else "")
+        ax.plot([p[0] for p in r["points"]], [p[2] for p in r["points"]], marker="os^vDP"[i % 6], ms=7 - i % 4,
+                ls="-" if i % 2 == 0 else "--", label=label)
     ax.axhline(rows[0]["dense"], color="k", ls="--", lw=1, label=f"dense {rows[0]['dense']:.2f}")
     ax.axhline(rows[0]["start"], color="gray", ls=":", lw=1, label=f"one-shot start {rows[0]['start']:.2f}")
     ev = rows[0]["eval"]
