@@ -19,7 +19,7 @@ this one; new runs must start from the same model (checked by perplexity, see :f
     sparse24 retrain ... --no-slorb --out out/ast-noslorb     # ablations: the same flags, one part off at a time
     sparse24 retrain ... --no-kl --no-slorb --out out/ast-nokl-noslorb   # (--no-decay, --mask-score magnitude)
     python benchmarks/retraining_quality.py "AST=out/ast-full" "no SLoRB=out/ast-noslorb" --threads 1
-    python benchmarks/retraining_quality.py --reuse benchmarks/results/retraining_quality.json \
+    python benchmarks/retraining_quality.py --reuse benchmarks/results/retraining_quality.json \\
         "no SLoRB=out/ast-noslorb" --ppl-only "no SLoRB"   # the committed rows + a new one, perplexity only
 
 Gap closed = (ppl_start - ppl_retrained) / (ppl_start - ppl_dense); the issue's target is >= 50 % within 30 minutes
