@@ -9,11 +9,18 @@ accuracy. Each result is cached as ``<run>/evals/*.json`` (baselines: ``--work/d
 rerun skips every evaluation whose file holds the same protocol. Writes ``benchmarks/results/retraining_quality.md``
 (+ ``.json``, ``.csv`` with every curve, ``.png`` with them drawn together). The first run is the headline.
 
+``--reuse`` an earlier results JSON (its run folders may be gone): its runs and baselines join the table as they were
+recorded (curve, numbers, settings, evaluations), marked with that report's date, when its evaluation protocol is
+this one; new runs must start from the same model (checked by perplexity, see :func:`merge_baselines`).
+
     sparse24 prune --method admm --quick --out out/admm-quick
     sparse24 retrain --init out/admm-quick --tokens 25600 --lr 1e-4 --eval-seq-len 512 --eval-windows 16 \\
         --eval-tokens 5120 --threads 1 --out out/ast-full
-    sparse24 retrain ... --no-slorb --out out/ast-noslorb
-    python benchmarks/retraining_quality.py "AST=out/ast-full" "AST without SLoRB=out/ast-noslorb" --threads 1
+    sparse24 retrain ... --no-slorb --out out/ast-noslorb     # ablations: the same flags, one part off at a time
+    sparse24 retrain ... --no-kl --no-slorb --out out/ast-nokl-noslorb   # (--no-decay, --mask-score magnitude)
+    python benchmarks/retraining_quality.py "AST=out/ast-full" "no SLoRB=out/ast-noslorb" --threads 1
+    python benchmarks/retraining_quality.py --reuse benchmarks/results/retraining_quality.json \\
+        "no SLoRB=out/ast-noslorb" --ppl-only "no SLoRB"   # the committed rows + a new one, perplexity only
 
 Gap closed = (ppl_start - ppl_retrained) / (ppl_start - ppl_dense); the issue's target is >= 50 % within 30 minutes
 of CPU retraining on 2 cores.
@@ -25,7 +32,9 @@ import argparse
 import csv
 import datetime
 import json
+import math
 import platform
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -37,6 +46,8 @@ if __package__ in (None, ""):
 from benchmarks import _evals as E  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
+REUSE_KEYS = ("evaluate", "text", "seqlens", "windows", "tasks", "limit")  # the evaluation protocol a reuse must match
+SAME = 1e-6  # relative: one model scored twice on the same windows agrees to float rounding; two models do not
 
 
 def read_curve(folder: Path) -> tuple[list[tuple[int, int, float]], dict[str, float]]:
@@ -90,8 +101,10 @@ def plot(rows: list[dict[str, Any]], out: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for r in rows:
-        ax.plot([p[0] for p in r["points"]], [p[2] for p in r["points"]], marker="o", label=r["label"])
+    for i, r in enumerate(rows):  # other markers and dashes, so curves that coincide stay visible
+        label = r["label"] + (f" (reused, {r['reused']})" if r.get("reused") else "")
+        ax.plot([p[0] for p in r["points"]], [p[2] for p in r["points"]], marker="os^vDP"[i % 6], ms=7 - i % 4,
+                ls="-" if i % 2 == 0 else "--", label=label)
     ax.axhline(rows[0]["dense"], color="k", ls="--", lw=1, label=f"dense {rows[0]['dense']:.2f}")
     ax.axhline(rows[0]["start"], color="gray", ls=":", lw=1, label=f"one-shot start {rows[0]['start']:.2f}")
     ev = rows[0]["eval"]
@@ -104,8 +117,9 @@ def plot(rows: list[dict[str, Any]], out: Path) -> Path:
     return out
 
 
-def evaluate(model: str, folder: Path, a: argparse.Namespace) -> dict[str, Any]:
-    """Every evaluation of one model (``sparse24 eval`` children), each cached in ``folder``."""
+def evaluate(model: str, folder: Path, a: argparse.Namespace, tasks: str) -> dict[str, Any]:
+    """Every evaluation of one model (``sparse24 eval`` children), each cached in ``folder``: perplexity at every
+    ``--seqlens``, zero-shot ``tasks`` (comma-separated, '' for none)."""
     folder.mkdir(parents=True, exist_ok=True)
     ev: dict[str, Any] = {"model": model, "ppl": {}, "zeroshot": {}, "runs": {}}
     for seqlen, windows in zip(a.seqlens, a.windows):
@@ -115,7 +129,7 @@ def evaluate(model: str, folder: Path, a: argparse.Namespace) -> dict[str, Any]:
         ev["runs"][f"ppl@{seqlen}"] = r.pop("run")
         r.pop("wall_s")
         ev["ppl"][str(seqlen)] = r
-    for task in [t for t in a.tasks.split(",") if t]:  # one child per task: a rerun with more tasks runs only those
+    for task in [t for t in tasks.split(",") if t]:  # one child per task: a rerun with more tasks runs only those
         print(f"  zero-shot {task} of {model} (load {E.loadavg()})", flush=True)
         r = E.zeroshot(model, task, a.limit or None, a.threads, folder / f"zeroshot_{task}.json")
         ev["zeroshot"][task], ev["runs"][task] = r["tasks"][task], r["run"]
@@ -138,6 +152,121 @@ def baseline_models(rows: list[dict[str, Any]]) -> dict[str, tuple[str, str | No
         start = (f"one-shot start (`{Path(init).name}`: {rec.get('method', '?')}, "
                  f"{rec.get('prune_seconds', '?')} s to prune)", init)
     return {"dense": ("dense", model_dir), "start": start or (f"one-shot start ({init}, not kept)", None)}
+
+
+def check_comparable(rows: list[dict[str, Any]]) -> None:
+    """Refuse rows that cannot share one table: curves recorded on other windows, or starting from another dense or
+    start perplexity than the headline's (another model; the same folder re-created scores the same)."""
+    h = rows[0]
+    for r in rows[1:]:
+        if any(r["eval"].get(k) != h["eval"].get(k) for k in ("text", "seq_len", "windows")):
+            raise SystemExit(f"{r['label']!r} recorded its curve on {r['eval']}, {h['label']!r} on {h['eval']}: one "
+                             "table holds curves on the same windows (retrain with the same --eval-* flags)")
+        for k in ("dense", "start"):
+            if not math.isclose(r[k], h[k], rel_tol=SAME):
+                raise SystemExit(f"{r['label']!r} starts its curve from {k} perplexity {r[k]:.8g}, {h['label']!r} "
+                                 f"from {h[k]:.8g}: not the same {k} model, so not one table (make one report per "
+                                 "start with --out, or retrain from the headline's start)")
+
+
+def protocol_diff(old: dict[str, Any], a: argparse.Namespace) -> list[str]:
+    """How a recorded evaluation protocol differs from this pass's (empty: a match; nothing to match without one)."""
+    if not a.evaluate:
+        return []
+    return [f"{k} {old.get(k)!r} there, {getattr(a, k)!r} now" for k in REUSE_KEYS if old.get(k) != getattr(a, k)]
+
+
+def report_date(path: Path, saved: dict[str, Any]) -> str:
+    """When a results JSON was written: its ``written``; files from before that field, the .md's 'Written' line."""
+    if saved.get("written"):
+        return str(saved["written"])
+    md = path.with_suffix(".md")
+    m = re.search(r"^Written (\d{4}-\d{2}-\d{2})", md.read_text(encoding="utf-8"), re.M) if md.is_file() else None
+    return m.group(1) if m else "an undated report"
+
+
+def _mark(entry: dict[str, Any], date: str) -> None:
+    entry.setdefault("reused", date)  # a row reused twice keeps the date it was evaluated
+    for run in (entry.get("ev") or {}).get("runs", {}).values():
+        if run:
+            run.setdefault("reused", date)
+
+
+def load_reuse(path: Path, a: argparse.Namespace,
+               fresh: set[str]) -> tuple[list[dict[str, Any]], dict[str, Any], list[tuple[str, Path]]]:
+    """From an earlier results JSON: the runs (not labelled in ``fresh``) and baselines taken as recorded, and the
+    (label, folder) of its runs to evaluate again instead when its protocol differs. Refuses a file this script did
+    not write, and a mismatch whose run folder is gone (it can be neither reused nor evaluated again)."""
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"--reuse {path}: cannot read it ({e}); give a .json written by this script") from None
+    if not isinstance(saved, dict) or not {"protocol", "baselines", "runs"} <= saved.keys():
+        raise SystemExit(f"--reuse {path}: not a results JSON of benchmarks/retraining_quality.py (no protocol, "
+                         "baselines and runs)")
+    runs = [r for r in saved["runs"] if r["label"] not in fresh]
+    diff = protocol_diff(saved["protocol"], a)
+    if diff:
+        why = f"--reuse {path}: not reused, its evaluation protocol differs ({'; '.join(diff)})"
+        gone = [r for r in runs if not (Path(r["folder"]) / "retrain_curve.csv").is_file()]
+        if gone:
+            raise SystemExit(f"{why}; the folder of {gone[0]['label']!r} ({gone[0]['folder']}) is gone, so it cannot "
+                             "be evaluated again: rerun with that file's protocol, or drop --reuse")
+        print(f"{why}: its {len(runs)} run(s) are evaluated again as today", flush=True)
+        return [], {}, [(r["label"], Path(r["folder"])) for r in runs]
+    date = report_date(path, saved)
+    for entry in [*runs, *saved["baselines"].values()]:
+        _mark(entry, date)
+    print(f"--reuse {path}: {len(runs)} run(s) and the baselines taken as recorded on {date} (same evaluation "
+          "protocol, not evaluated again)", flush=True)
+    return runs, saved["baselines"], []
+
+
+def _start_cache(a: argparse.Namespace, model: str) -> Path:
+    return a.work / f"init-{Path(model).name}"
+
+
+def merge_baselines(fresh: list[dict[str, Any]], reused: dict[str, Any],
+                    a: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """The dense and start rows. With reused ones and new runs, the new runs must share their dense model; their start
+    may be another folder (the same prune re-created): it is the same start when it scores the reused start's
+    perplexity at every seqlen (evaluated now, ppl only), and then keeps the reused zero-shot; else this refuses."""
+    if not fresh:
+        return reused
+    base: dict[str, dict[str, Any]] = {k: {"label": v[0], "model": v[1]} for k, v in baseline_models(fresh).items()}
+    if not reused:
+        return base
+    if base["dense"]["model"] != reused["dense"]["model"]:
+        raise SystemExit(f"the new runs' dense model {base['dense']['model']} is not the reused one "
+                         f"({reused['dense']['model']}): one table compares runs of one model; drop --reuse")
+    base["dense"] = reused["dense"]
+    old, new = reused["start"], base["start"]
+    if new["model"] == old["model"]:
+        base["start"] = old
+    elif a.evaluate:
+        if not new["model"]:
+            raise SystemExit("the new runs' start was pruned on the fly and not kept, so it cannot be checked against "
+                             "the reused start: retrain with --init FOLDER")
+        ev = evaluate(new["model"], _start_cache(a, new["model"]), a, "")
+        for s in a.seqlens:
+            got, want = ev["ppl"][str(s)]["ppl"], old["ev"]["ppl"][str(s)]["ppl"]
+            if not math.isclose(got, want, rel_tol=SAME):
+                raise SystemExit(f"the new runs' start {new['model']} scores ppl@{s} {got:.8g}, the reused start "
+                                 f"{old['model']} {want:.8g}: not the same start, so the reused rows cannot share this "
+                                 "table (retrain from the start that report used, or drop --reuse)")
+        zs_runs = {k: v for k, v in old["ev"]["runs"].items() if not k.startswith("ppl@")}
+        new["ev"] = {**ev, "zeroshot": old["ev"]["zeroshot"], "runs": {**ev["runs"], **zs_runs}}
+        new["same_as"] = {"model": old["model"], "reused": old["reused"]}
+    return base
+
+
+def shown(entry: dict[str, Any]) -> str:
+    """A row's label with where its numbers come from when not all from this pass."""
+    if entry.get("reused"):
+        return f"{entry['label']} (reused: results of {entry['reused']})"
+    if entry.get("same_as"):
+        return f"{entry['label']} (ppl today = the reused start's; zero-shot reused: {entry['same_as']['reused']})"
+    return entry["label"]
 
 
 def gap(start: float, dense: float, value: float) -> float:
@@ -163,16 +292,16 @@ def eval_table(rows: list[dict[str, Any]], base: dict[str, dict[str, Any]], a: a
     def ppl(ev: dict[str, Any] | None, s: int) -> float:
         return ev["ppl"][str(s)]["ppl"] if ev else float("nan")
 
-    entries = [(base["dense"]["label"], d, ["", "", "", ""], False),
-               (base["start"]["label"], st, ["", "", "", "0"], False)]
+    entries = [(shown(base["dense"]), d, ["", "", "", ""], False, True),
+               (shown(base["start"]), st, ["", "", "", "0"], False, False)]
     for r in rows:
         extra = r["slorb"]["extra_params"]
-        entries.append((r["label"], r.get("ev"), [f"{r['tokens']:,}", f"{r['train_s']:.0f}",
-                                                  f"{r['wall_s'] or 'not recorded'}",
-                                                  f"{extra:,} ({extra / r['model_params']:.1%})"], True))
-    for label, ev, cost, bold in entries:
+        entries.append((shown(r), r.get("ev"), [f"{r['tokens']:,}", f"{r['train_s']:.0f}",
+                                                f"{r['wall_s'] or 'not recorded'}",
+                                                f"{extra:,} ({extra / r['model_params']:.1%})"], True, False))
+    for label, ev, cost, bold, dense in entries:
         cells = [f"**{label}**" if bold else label] + [f"{ppl(ev, s):.2f}" for s in a.seqlens]
-        cells += ["" if label == "dense" else f"{gap(ppl(st, s), ppl(d, s), ppl(ev, s)):.1%}" for s in a.seqlens]
+        cells += ["" if dense else f"{gap(ppl(st, s), ppl(d, s), ppl(ev, s)):.1%}" for s in a.seqlens]
         cells += [_zs_cell((ev or {}).get("zeroshot", {}).get(t)) for t in tasks] + cost
         out.append("| " + " | ".join(cells) + " |")
     return out
@@ -196,10 +325,10 @@ def write(rows: list[dict[str, Any]], base: dict[str, dict[str, Any]], a: argpar
              f"| dense | {head['dense']:.2f} | | | | | | | |",
              f"| one-shot start (`{Path(head['init'].split()[0]).name}`) | {head['start']:.2f} | 0 % | | | | | | |"]
     for r in rows:
-        table.append(f"| **{r['label']}** | {r['final']:.2f} | {r['closed']:.1%} | {r['tokens']:,} | {r['steps']} | "
+        table.append(f"| **{shown(r)}** | {r['final']:.2f} | {r['closed']:.1%} | {r['tokens']:,} | {r['steps']} | "
                      f"{r['train_s']:.0f} | {r['wall_s'] or 'not recorded'} | {r['tokens_per_s'] or 0:.0f} | "
                      f"{r['slorb']['extra_params']:,} ({pct(r)}) |")
-    settings = [f"- {r['label']}: `{json.dumps(r['ast'])}`, lr {r['lr']}, torch threads "
+    settings = [f"- {shown(r)}: `{json.dumps(r['ast'])}`, lr {r['lr']}, torch threads "
                 f"{r['threads'] or 'not recorded'}, load (1/5/15 min) at the end {r['load'] or 'not recorded'}, "
                 f"curve still falling at the end: {r['falling']}" for r in rows]
     met = head["closed"] >= 0.5 and head["train_s"] <= 1800
@@ -209,15 +338,21 @@ def write(rows: list[dict[str, Any]], base: dict[str, dict[str, Any]], a: argpar
         zs = (f"Zero-shot: lm-eval, the first {a.limit or 'all'} documents per task; acc ± its standard error "
               "sqrt(acc (1 - acc) / (n - 1)) (lm-eval's mean_stderr), acc_norm in brackets. " if a.tasks else "")
         cost = "; ".join(f"{name} {k} {v.get('wall_s', '?')} s ({v.get('load_before', '?').split()[0]} -> "
-                         f"{v.get('load_after', '?').split()[0]})"
+                         f"{v.get('load_after', '?').split()[0]}{', ' + v['reused'] if v.get('reused') else ''})"
                          for name, e in [("dense", base["dense"].get("ev")), ("start", base["start"].get("ev")),
                                          *[(r["label"], r.get("ev")) for r in rows]]
                          if e for k, v in e["runs"].items() if v)
+        dates = sorted({e["reused"] for e in [*rows, *base.values()] if e.get("reused")})
+        src = (f" Rows marked reused are taken as recorded from `{a.reuse.name}` (results of {', '.join(dates)}, "
+               "the same evaluation protocol), not evaluated again." if dates else "")
+        if a.ppl_only and a.tasks:
+            src += f" Perplexity only (--ppl-only; '-': zero-shot not evaluated): {', '.join(a.ppl_only)}."
         evals = [f"## Evaluation of the finished models (`sparse24 eval`, {a.threads} torch thread(s))", "",
                  f"Perplexity on `{a.text}`, non-overlapping windows, the first {windows} (the same windows for "
                  f"every model). {zs}Gap closed = (start - model) / (start - dense) at that seqlen. Extra params: "
-                 "SLoRB's, as a share of the dense model's.", "", *eval_table(rows, base, a), "",
-                 f"Evaluation cost (wall s of each `sparse24 eval` child; 1-min load before -> after): {cost}.", ""]
+                 f"SLoRB's, as a share of the dense model's.{src}", "", *eval_table(rows, base, a), "",
+                 "Evaluation cost (wall s of each `sparse24 eval` child; 1-min load before -> after; the date of a "
+                 f"reused one): {cost}.", ""]
     lines = ["# Retraining quality: AST from a one-shot 2:4 model, SmolLM2-135M on CPU", "",
              f"Written {datetime.date.today()} on {platform.machine()}, torch {torch.__version__}, transformers "
              f"{transformers.__version__}. Start: {base['start']['label']}.", "", *evals,
@@ -230,7 +365,8 @@ def write(rows: list[dict[str, Any]], base: dict[str, dict[str, Any]], a: argpar
              *notes, "", f"Command: `python benchmarks/retraining_quality.py {shlex.join(a.argv)}`"]
     atomic_write_text(out, "\n".join(lines) + "\n")
     protocol = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items() if k not in ("runs", "argv")}
-    atomic_write_json(out.with_suffix(".json"), {"protocol": protocol, "baselines": base, "runs": rows})
+    atomic_write_json(out.with_suffix(".json"), {"protocol": protocol, "written": str(datetime.date.today()),
+                                                 "baselines": base, "runs": rows})
     import io
 
     buf = io.StringIO()
@@ -245,8 +381,14 @@ def write(rows: list[dict[str, Any]], base: dict[str, dict[str, Any]], a: argpar
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", nargs="+", help="LABEL=FOLDER of finished `sparse24 retrain` runs (the first is the "
-                   "headline row)")
+    p.add_argument("runs", nargs="*", help="LABEL=FOLDER of finished `sparse24 retrain` runs (the first is the "
+                   "headline row; after the --reuse ones)")
+    p.add_argument("--reuse", type=Path, help="an earlier results JSON of this script: its runs (first, in its "
+                   "order) and baselines are taken as recorded, not evaluated again, when its evaluation protocol "
+                   "(text, seqlens, windows, tasks, limit) is this one; else its runs are evaluated again from their "
+                   "folders (refused when a folder is gone). A run given again by LABEL replaces the reused one. New "
+                   "runs must start from the same model: a start in another folder is scored (ppl only) and must "
+                   "equal the reused start's perplexity")
     p.add_argument("--out", type=Path, default=RESULTS / "retraining_quality.md")
     p.add_argument("--notes", type=Path, help="a hand-written markdown file appended to the report (the reading)")
     g = p.add_argument_group("evaluation pass (sparse24 eval children; results cached, a rerun skips finished ones)")
@@ -257,6 +399,8 @@ def main(argv: list[str] | None = None) -> int:
                    "(default 32 4: 16k and 8k tokens; on 1 thread of 2 cores at load ~5, ~4.5 and ~2.5 min a model)")
     g.add_argument("--tasks", default="arc_easy,piqa,winogrande,hellaswag", help="zero-shot tasks, '' for none")
     g.add_argument("--limit", type=int, default=100, help="documents per task, 0: all (default 100)")
+    g.add_argument("--ppl-only", nargs="+", default=[], metavar="LABEL", help="runs evaluated in this pass "
+                   "without zero-shot (their cells show '-'); reused rows keep theirs")
     g.add_argument("--threads", type=int, default=1, help="torch threads of each evaluation (default 1)")
     g.add_argument("--work", type=Path, default=Path("out/retraining_quality"), help="where the baselines' "
                    "evaluations are cached (default out/retraining_quality)")
@@ -264,19 +408,29 @@ def main(argv: list[str] | None = None) -> int:
     a.argv = sys.argv[1:] if argv is None else list(argv)
     if len(a.windows) != len(a.seqlens):
         p.error("--windows needs one count per --seqlens value")
-    rows = []
+    specs = []
     for spec in a.runs:
         label, sep, folder = spec.rpartition("=")
         if not sep or not (Path(folder) / "retrain_curve.csv").is_file():
             p.error(f"{spec!r}: give LABEL=FOLDER of a finished `sparse24 retrain --out FOLDER`")
-        rows.append(summarize(label, Path(folder)))
-    base: dict[str, dict[str, Any]] = {k: {"label": v[0], "model": v[1]} for k, v in baseline_models(rows).items()}
+        specs.append((label, Path(folder)))
+    if not specs and not a.reuse:
+        p.error("give LABEL=FOLDER runs, or --reuse an earlier results JSON")
+    unknown = set(a.ppl_only) - {label for label, _ in specs}
+    if unknown:
+        p.error(f"--ppl-only {sorted(unknown)}: not the LABEL of a run given here")
+    reused, reused_base, again = load_reuse(a.reuse, a, {lb for lb, _ in specs}) if a.reuse else ([], {}, [])
+    fresh = [summarize(label, folder) for label, folder in again + specs]
+    rows = reused + fresh
+    check_comparable(rows)
+    base = merge_baselines(fresh, reused_base, a)
     if a.evaluate:
         for key, b in base.items():
-            if b["model"]:
-                b["ev"] = evaluate(b["model"], a.work / (key if key == "dense" else f"init-{Path(b['model']).name}"), a)
-        for r in rows:
-            r["ev"] = evaluate(r["folder"], Path(r["folder"]) / "evals", a)
+            if b["model"] and "ev" not in b:
+                b["ev"] = evaluate(b["model"], a.work / "dense" if key == "dense" else _start_cache(a, b["model"]), a,
+                                   a.tasks)
+        for r in fresh:
+            r["ev"] = evaluate(r["folder"], Path(r["folder"]) / "evals", a, "" if r["label"] in a.ppl_only else a.tasks)
     write(rows, base, a, [a.notes.read_text(encoding="utf-8").rstrip()] if a.notes else [])
     return 0
 
