@@ -211,7 +211,7 @@ def test_report_output_error_matches_the_float64_formula(tiny_model_dir, tmp_pat
     row = next(r for r in out.report if r["name"] == name)
     dense = _load(tiny_model_dir)
     x = _q_inputs(dense, calib, 0)  # [60, hidden] float64
-    w = dense.get_submodule(name).weight.double()
+    w = dense.get_submodule(name).weight.detach().double()
     d = w - out.weights[name].double()
     ref = float((x @ d.t()).square().sum() / (x @ w.t()).square().sum())
     assert row["out_err"] == pytest.approx(ref, rel=1e-4)
