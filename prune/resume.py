@@ -66,14 +66,6 @@ class WorkState:
         with safe_open(str(self.layer_path(index)), "pt") as f:
             return f.get_tensor(key)
 
-    def load_layer(self, index: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        from safetensors import safe_open
-
-        path = self.layer_path(index)
-        with safe_open(str(path), "pt") as f:
-            report = json.loads((f.metadata() or {}).get("report", "{}"))
-        return load_file(str(path)), report
-
     def save_acts(self, next_layer: int, hidden: torch.Tensor | None) -> None:
         tensors = {"hidden": hidden} if hidden is not None else {"none": torch.zeros(0)}
         atomic_save_safetensors(tensors, self.folder / "acts.safetensors", {"next_layer": str(next_layer)})
