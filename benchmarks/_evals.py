@@ -17,16 +17,18 @@ from pathlib import Path
 from typing import Any
 
 
-def run_child(cmd: list[str], log: Path) -> dict[str, float]:
-    """Run a child to completion: its wall seconds and peak RSS in MB. Its output goes to ``log``."""
+def run_child(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> dict[str, float]:
+    """Run a child to completion: its wall seconds, CPU seconds (user + system) and peak RSS in MB. Its output goes
+    to ``log``; ``env`` is added to this process's environment."""
     t0 = time.time()
     with log.open("w") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
         _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed (rc {proc.returncode}); see {log}:\n{log.read_text()[-3000:]}")
-    return {"wall_s": round(time.time() - t0, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024)}
+    return {"wall_s": round(time.time() - t0, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
+            "peak_rss_mb": round(usage.ru_maxrss / 1024)}
 
 
 def loadavg() -> str:

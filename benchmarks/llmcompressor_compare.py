@@ -1,6 +1,7 @@
 """llm-compressor 0.14 vs sparse24 on the same 2:4 job (driven by ``llmcompressor_compare.sh``).
 
     python llmcompressor_compare.py CALIB.pt {sparsegpt,wanda} OUT_DIR THREADS     # inside the llm-compressor venv
+    python llmcompressor_compare.py --calib CALIB.pt NSAMPLES SEQLEN               # main venv: sparse24's windows
     python llmcompressor_compare.py --report WORK NSAMPLES SEQLEN THREADS VENV    # main venv: write the results file
 
 The first form runs llm-compressor's ``oneshot`` with a 2:4 SparseGPT or Wanda modifier on sparse24's exact
@@ -51,6 +52,27 @@ def prune_with_llmcompressor(calib_path: str, method: str, out: str, threads: in
     print(json.dumps({"method": method, "oneshot_s": round(wall, 1), "threads": torch.get_num_threads()}))
 
 
+def write_calib(path: Path, nsamples: int, seqlen: int) -> Path:
+    """sparse24's exact calibration windows of SmolLM2 (``calib`` text, seed 0) as ``{"ids", "model"}`` for the
+    llm-compressor side (read there with ``weights_only=True``)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from sparse24.assets import resolve_model
+    from sparse24.texts import calibration_samples, read_text, tokenize_text
+
+    d = resolve_model("smollm2-135m")
+    ids = calibration_samples(tokenize_text(AutoTokenizer.from_pretrained(d), read_text("calib")), nsamples, seqlen, 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"ids": ids, "model": str(d)}, path)
+    return path
+
+
+def oneshot_seconds(log: Path) -> float:
+    """The ``oneshot`` wall time that :func:`prune_with_llmcompressor` prints as its last line."""
+    return json.loads(log.read_text().strip().splitlines()[-1])["oneshot_s"]
+
+
 def _time_log(path: Path) -> dict:
     text = path.read_text()
     wall = re.search(r"Elapsed \(wall clock\) time .*: (\S+)", text).group(1)
@@ -61,7 +83,7 @@ def _time_log(path: Path) -> dict:
     return {"process_wall_s": round(secs, 1), "process_cpu_s": round(cpu, 1), "peak_rss_mb": round(rss / 1024)}
 
 
-def _check_24(folder: Path) -> str:
+def check_24(folder: Path) -> str:
     """Decoder linears whose weight keeps at most 2 of every 4 along the input dim, over all decoder linears."""
     from safetensors.torch import load_file
 
@@ -99,9 +121,9 @@ def report(work: Path, nsamples: int, seqlen: int, threads: int, venv: str) -> N
             name = f"{tool}-{method}"
             r = {f"ppl@{s}": json.loads((work / f"{name}.ppl{s}.json").read_text())["perplexity"]["boolq"]["ppl"]
                  for s in (2048, 512)}
-            r.update(_time_log(work / f"{name}.time"), check_24=_check_24(work / name))
+            r.update(_time_log(work / f"{name}.time"), check_24=check_24(work / name))
             if tool == "llmc":
-                r["oneshot_s"] = json.loads((work / f"{name}.log").read_text().strip().splitlines()[-1])["oneshot_s"]
+                r["oneshot_s"] = oneshot_seconds(work / f"{name}.log")
             else:
                 record = json.loads((work / name / "sparse24_config.json").read_text())
                 r["oneshot_s"] = record["extra"]["prune_seconds"]
@@ -141,7 +163,11 @@ def report(work: Path, nsamples: int, seqlen: int, threads: int, venv: str) -> N
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "--report":
+    if sys.argv[1] == "--calib":
+        if __package__ in (None, ""):
+            sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        write_calib(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
+    elif sys.argv[1] == "--report":
         report(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6])
     else:
         prune_with_llmcompressor(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]))

@@ -9,26 +9,10 @@ NS=${1:-32}; SL=${2:-512}; TH=${3:-2}
 ROOT=$(cd "$(dirname "$0")/.." && pwd); WORK=${WORK:-$ROOT/out/llmc}; VENV=${VENV:-/tmp/llmc-venv}
 export OMP_NUM_THREADS=$TH MKL_NUM_THREADS=$TH
 mkdir -p "$WORK"
-if [ ! -x "$VENV/bin/python" ]; then
-  PY=$(readlink -f "$ROOT/.venv/bin/python")
-  "$PY" -m venv "$VENV"
-  WHEEL=$(ls /opt/wheels/torch-2.13.0+cpu-*.whl 2>/dev/null | head -1 || true)
-  if [ -n "$WHEEL" ]; then "$VENV/bin/pip" install -q "$WHEEL"
-  else "$VENV/bin/pip" install -q "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu; fi
-  "$VENV/bin/pip" install -q "llmcompressor==0.14.0.1" "torchao==0.18.*" "transformers==5.17.*" datasets
-fi
+bash "$ROOT/benchmarks/llmc_venv.sh" "$VENV"
 MAIN="$ROOT/.venv/bin/python"
 # 1. the exact calibration windows sparse24 uses (same tokenizer, text, seed), as a tensor file
-"$MAIN" - "$WORK/calib.pt" "$NS" "$SL" <<'PY'
-import sys, torch
-from transformers import AutoTokenizer
-from sparse24.texts import calibration_samples, read_text, tokenize_text
-from sparse24.assets import resolve_model
-d = resolve_model("smollm2-135m")
-ids = calibration_samples(tokenize_text(AutoTokenizer.from_pretrained(d), read_text("calib")), int(sys.argv[2]),
-                          int(sys.argv[3]), 0)
-torch.save({"ids": ids, "model": str(d)}, sys.argv[1])
-PY
+"$MAIN" "$ROOT/benchmarks/llmcompressor_compare.py" --calib "$WORK/calib.pt" "$NS" "$SL"
 evalppl() {  # model folder, out prefix: the pruning_quality windows (8 x 2048, 32 x 512)
   "$MAIN" -m sparse24 eval "$1" --ppl boolq --seqlen 2048 --max-windows 8 --batch-size 1 --threads "$TH" \
      --no-progress --out "$2.ppl2048.json" > /dev/null

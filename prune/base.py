@@ -7,6 +7,9 @@ Everything method-specific is declared on the pruner class, so the driver and th
 
 - ``stats``: which input statistics to accumulate: ``"none"`` (no calibration pass), ``"sqnorm"`` (per input column
   Σ x², i.e. the Hessian diagonal, as Wanda uses) or ``"hessian"`` (Σ x xᵀ: SparseGPT, ADMM, ARMOR).
+- ``dense_target``: ``True`` (with ``sequential`` and ``"hessian"``) also carries the dense model's activations
+  through each layer and fills :attr:`LayerStats.cross`, so a pruner can fit what the *dense* layer computed rather
+  than what the already-pruned inputs give (error compensation; ADMM's ``--admm-dense-target``).
 - ``sequential``: ``True`` feeds layer ``l+1`` with the *pruned* layer ``l`` (Wanda / SparseGPT protocol);
   ``False`` feeds it with the *dense* layer (one calibration pass of the dense model, layers independent; ARMOR's
   instance follows its ``--armor-init``, so no built-in method uses this today).
@@ -49,12 +52,15 @@ class LayerStats:
 
     ``sqnorm[j] = Σ_tokens x_j² / nsamples`` and ``hessian = 2/nsamples · Σ_tokens x xᵀ`` (the SparseGPT scaling; a
     global factor never changes a mask). Both are float64; a field the pruner did not ask for is ``None``.
+    ``cross = 2/nsamples · Σ_tokens x x_dᵀ`` pairs each input with the *dense* model's input of the same linear on the
+    same token (only for pruners with ``dense_target``): the fit of ``X_d w`` from ``X ŵ`` needs ``H ŵ = cross w``.
     """
 
     nsamples: int
     tokens: int
     sqnorm: Tensor | None = None  # [in]
     hessian: Tensor | None = None  # [in, in]
+    cross: Tensor | None = None  # [in, in]
 
 
 @dataclass
@@ -87,6 +93,9 @@ class Pruner:
     rows_independent: ClassVar[bool] = False  # see prune_group; only for methods without extra_tensors
     # --forward-dtype auto may run this method's calibration forwards in bf16 (where the forwards are most of its cost)
     bf16_forwards: ClassVar[bool] = True
+    # fit the dense model's layer outputs from the pruned model's inputs: the driver also carries the dense model's
+    # activations and fills LayerStats.cross (a sequential "hessian" pruner only; may be an instance property)
+    dense_target: bool = False
 
     def __init__(self, args: Any = None, **kwargs: Any) -> None:
         if args is not None and kwargs:
@@ -110,6 +119,12 @@ class Pruner:
         sizes = [w.shape[0] for w in weights.values()]
         parts = zip(res.weight.split(sizes), res.mask.split(sizes))
         return {name: PruneResult(w, m, info=dict(res.info)) for name, (w, m) in zip(weights, parts)}
+
+    def fit_target(self, weight: Tensor, stats: LayerStats | None) -> Tensor:
+        """The weight whose plain layer error ``(w' − ŵ)ᵀ H (w' − ŵ)`` is (up to a constant) the objective this pruner
+        minimised: ``weight`` itself, unless the pruner fits another target (``dense_target``). A method refining
+        another's result (ARMOR) measures against it."""
+        return weight
 
     def setup(self, model: nn.Module, linears: dict[str, nn.Module]) -> None:
         """Called once by the driver before the first layer, with the model skeleton (meta device) and every target

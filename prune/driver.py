@@ -185,6 +185,31 @@ def _capture(model: nn.Module, reader: ShardReader, calib: Tensor, opts: DriverA
 
 
 @torch.no_grad()
+def _run_paired(layer: nn.Module, hidden: Tensor, dense: Tensor, kwargs: dict[str, Any], opts: DriverArgs,
+                collector: StatsCollector) -> Tensor:
+    """Per batch: the (still dense) layer on the dense model's activations ``dense`` (its linears' inputs held as the
+    reference, its outputs returned: the next layer's dense activations), then on the pruned stream ``hidden``
+    (statistics, paired with the reference)."""
+    out = torch.empty_like(dense)  # [N, T, H]
+    device_type = torch.device(opts.device).type
+    amp = (lambda: torch.autocast(device_type, dtype=opts.autocast)) if opts.autocast else nullcontext
+    for b0 in range(0, hidden.shape[0], opts.batch_size):
+        collector.begin_reference()
+        with amp():
+            y = layer(dense[b0 : b0 + opts.batch_size], **kwargs)
+        out[b0 : b0 + opts.batch_size] = y[0] if isinstance(y, tuple) else y
+        x = hidden[b0 : b0 + opts.batch_size]
+        collector.begin_batch(x.shape[0])
+        try:
+            with amp():
+                layer(x, **kwargs)
+        except StatsDone:
+            pass
+    collector.begin_batch(0)
+    return out
+
+
+@torch.no_grad()
 def _run_layer(layer: nn.Module, hidden: Tensor, kwargs: dict[str, Any], opts: DriverArgs,
                collector: StatsCollector | None, keep_output: bool) -> Tensor | None:
     """Push ``hidden`` through ``layer`` in batches (under ``opts.autocast``), feeding ``collector``; returns the
@@ -240,16 +265,21 @@ def _check_stats(full: str, index: int, st: LayerStats | None, probe: Tensor | N
 
 @torch.no_grad()
 def _prune_layer(index: int, layer: nn.Module, names: dict[str, str], pruner: Pruner, hidden: Tensor | None,
-                 kwargs: dict[str, Any], opts: DriverArgs) -> tuple[Tensor | None, dict, list]:
-    """Prune the target linears of one loaded layer; returns (next inputs, tensors to save, report rows)."""
+                 kwargs: dict[str, Any], opts: DriverArgs,
+                 dense: Tensor | None = None) -> tuple[Tensor | None, Tensor | None, dict, list]:
+    """Prune the target linears of one loaded layer; returns (next inputs, next dense-model inputs when ``dense``
+    is given, tensors to save, report rows)."""
     linears = {full: layer.get_submodule(sub) for full, sub in names.items()}
     stats: dict[str, LayerStats | None] = dict.fromkeys(linears)
     probes: dict[str, Tensor | None] = dict.fromkeys(linears)
-    dense_out = None
+    dense_out = dense_next = None
     if pruner.stats != "none" and hidden is not None:
         col = StatsCollector(linears, pruner.stats, stop_when_done=pruner.sequential)
         try:
-            dense_out = _run_layer(layer, hidden, kwargs, opts, col, keep_output=not pruner.sequential)
+            if dense is not None:
+                dense_next = _run_paired(layer, hidden, dense, kwargs, opts, col)
+            else:
+                dense_out = _run_layer(layer, hidden, kwargs, opts, col, keep_output=not pruner.sequential)
         finally:
             col.remove()
         stats, probes = col.stats(), col.probes()
@@ -264,9 +294,9 @@ def _prune_layer(index: int, layer: nn.Module, names: dict[str, str], pruner: Pr
         for full in group:
             rows.append(_finish_linear(full, index, linears[full], results[full], pruner, probes[full], tensors))
     if hidden is None:
-        return None, tensors, rows
+        return None, None, tensors, rows
     nxt = _run_layer(layer, hidden, kwargs, opts, None, True) if pruner.sequential else dense_out
-    return nxt, tensors, rows
+    return nxt, dense_next, tensors, rows
 
 
 def _finish_linear(full: str, index: int, lin: nn.Module, res: Any, pruner: Pruner, probe: Tensor | None,
@@ -325,12 +355,17 @@ def prune_layers(model_dir: Path, pruner: Pruner, calib: Tensor | None, opts: Dr
                          for full, sub in sel.items()})
     if pruner.stats != "none" and calib is None:
         raise ValueError(f"method {pruner.name!r} needs calibration data (--calib)")
-    start, hidden = state.resume_point()
+    start, hidden, dense = state.resume_point()
     needs_data = pruner.stats != "none"
+    paired = needs_data and bool(pruner.dense_target)
+    if paired and not (pruner.sequential and pruner.stats == "hessian"):
+        raise ValueError(f"pruner {pruner.name!r}: dense_target needs a sequential 'hessian' pruner")
     kwargs: list[dict[str, Any]] = [{}] * len(layers)
     if needs_data:
         hidden0, kwargs = _capture(model, reader, calib, opts, need_hidden=start == 0)
         hidden = hidden0 if start == 0 else hidden.to(opts.device)
+        if paired:  # the dense model's activations: the same as the pruned stream's until the first pruned layer
+            dense = hidden.clone() if start == 0 else dense.to(opts.device)
     bar = tqdm(range(start, len(layers)), desc=f"{pruner.name} layers", disable=not opts.progress,
                initial=start, total=len(layers))
     for i in bar:
@@ -340,10 +375,10 @@ def prune_layers(model_dir: Path, pruner: Pruner, calib: Tensor | None, opts: Dr
         _check_params(layer, f"model.layers.{i}")
         if needs_data:
             _check_acts(hidden, i, pruner.sequential)
-        hidden, tensors, rows = _prune_layer(i, layer, names[i], pruner, hidden if needs_data else None,
-                                             kwargs[i], opts)
+        hidden, dense, tensors, rows = _prune_layer(i, layer, names[i], pruner, hidden if needs_data else None,
+                                                    kwargs[i], opts, dense if paired else None)
         state.save_layer(i, tensors, {"rows": rows})
-        state.save_acts(i + 1, hidden)
+        state.save_acts(i + 1, hidden, dense)
         layer.to("meta")
         release_memory()  # else the freed layer's memory stays resident: RSS would grow by a layer each time
         left = len(layers) - i - 1

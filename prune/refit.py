@@ -24,7 +24,8 @@ from sparse24.prune.base import LayerStats, Pruner, PruneResult, register_pruner
 from sparse24.prune.sparsegpt import check_obs_args, sparsegpt_24
 from torch import Tensor
 
-__all__ = ["REFIT", "damped_hessian", "refit_rows", "layer_error", "check_hessian_stats", "SparseGPTRefitPruner"]
+__all__ = ["REFIT", "damped_hessian", "refit_rows", "layer_error", "fit_error", "check_hessian_stats",
+           "SparseGPTRefitPruner"]
 
 # How the pruners call refit_rows: float32 CG to a 1e-4 relative residual (the objective is quadratic, so its excess is
 # ~1e-8 relative; on SmolLM2 layers the error equals the float64/1e-7 solve to 5 digits at half the time).
@@ -42,14 +43,15 @@ def damped_hessian(hessian: Tensor, percdamp: float) -> tuple[Tensor, Tensor]:
 
 
 def refit_rows(weight: Tensor, mask: Tensor, h: Tensor, start: Tensor | None = None, tol: float = 1e-7,
-               max_iters: int = 300, dtype: torch.dtype = torch.float64) -> Tensor:
+               max_iters: int = 300, dtype: torch.dtype = torch.float64, rhs: Tensor | None = None) -> Tensor:
     """Per-row minimiser of ``(w − ŵ)ᵀ h (w − ŵ)`` over ``ŵ`` supported on ``mask``; float64 ``[out, in]``.
 
     Solves every row's ``h_SS ŵ_S = (h w)_S`` at once by Jacobi-preconditioned conjugate gradients in float64: one
     ``[out, in] × [in, in]`` product per iteration instead of one ``|S|³`` factorisation per row (about 10× faster
     on SmolLM2's ``down_proj``), stopping when every row's residual is below ``tol`` times its right-hand side
     (``tol = 1e-7`` agrees with a per-row ``lstsq`` to about 1e-6 relative). ``h`` is SPD ``[in, in]`` (already
-    damped); ``start`` (e.g. SparseGPT's weights) only speeds convergence up.
+    damped); ``start`` (e.g. SparseGPT's weights) only speeds convergence up. ``rhs`` ``[out, in]`` replaces ``W h``
+    (e.g. ``W crossᵀ + λW`` to fit the dense model's outputs: ``h_SS ŵ_S = rhs_S``).
     """
     rows, cols = weight.shape
     if mask.shape != weight.shape or h.shape != (cols, cols):
@@ -57,7 +59,7 @@ def refit_rows(weight: Tensor, mask: Tensor, h: Tensor, start: Tensor | None = N
                          f"{tuple(h.shape)} do not match ([out, in], [out, in], [in, in])")
     h = h.to(dtype)
     m = mask.to(dtype)  # [out, in]
-    b = (weight.detach().to(dtype) @ h) * m  # [out, in]  (h w)_S, zero off the support
+    b = (weight.detach().to(dtype) @ h if rhs is None else rhs.to(dtype)) * m  # [out, in]  (h w)_S, 0 off S
     x = (weight if start is None else start).detach().to(dtype) * m  # [out, in]
     r = b - (x @ h) * m  # [out, in] residual on the support
     dinv = 1.0 / torch.diagonal(h)  # [in]
@@ -84,6 +86,13 @@ def layer_error(weight: Tensor, new: Tensor, hessian: Tensor) -> Tensor:
     """Per-row calibration output error ``(w − ŵ)ᵀ H (w − ŵ)`` in float64 (``[out]``; ∝ ‖(W − Ŵ) X‖² by row)."""
     d = weight.double() - new.double()  # [out, in]
     return ((d @ hessian.double()) * d).sum(1)
+
+
+def fit_error(new: Tensor, hessian: Tensor, rhs: Tensor) -> Tensor:
+    """Per-row ``ŵᵀHŵ − 2 ŵ·rhs`` in float64 (``[out]``): the output error of a general target ``H ŵ = rhs`` up to a
+    per-row constant (with ``rhs = W H`` it is :func:`layer_error` minus ``wᵀHw``)."""
+    n = new.double()  # [out, in]
+    return ((n @ hessian.double()) * n).sum(1) - 2 * (n * rhs.double()).sum(1)
 
 
 def check_hessian_stats(stats: LayerStats | None, method: str) -> Tensor:

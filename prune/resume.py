@@ -66,15 +66,19 @@ class WorkState:
         with safe_open(str(self.layer_path(index)), "pt") as f:
             return f.get_tensor(key)
 
-    def save_acts(self, next_layer: int, hidden: torch.Tensor | None) -> None:
+    def save_acts(self, next_layer: int, hidden: torch.Tensor | None, dense: torch.Tensor | None = None) -> None:
+        """The calibration inputs of layer ``next_layer`` (and the dense model's, for ``dense_target`` pruners)."""
         tensors = {"hidden": hidden} if hidden is not None else {"none": torch.zeros(0)}
+        if dense is not None:
+            tensors["dense"] = dense
         atomic_save_safetensors(tensors, self.folder / "acts.safetensors", {"next_layer": str(next_layer)})
 
-    def resume_point(self) -> tuple[int, torch.Tensor | None]:
-        """``(first layer still to do, its calibration inputs or None)``; ``(0, None)`` for a fresh run."""
+    def resume_point(self) -> tuple[int, torch.Tensor | None, torch.Tensor | None]:
+        """``(first layer still to do, its calibration inputs or None, the dense model's inputs or None)``;
+        ``(0, None, None)`` for a fresh run."""
         path = self.folder / "acts.safetensors"
         if not path.is_file():
-            return 0, None
+            return 0, None, None
         from safetensors import safe_open
 
         with safe_open(str(path), "pt") as f:
@@ -82,7 +86,8 @@ class WorkState:
         missing = [i for i in range(nxt) if not self.layer_path(i).is_file()]
         if missing:
             raise RuntimeError(f"{self.folder}: layer files {missing} are missing; delete the folder to start over")
-        return nxt, load_file(str(path)).get("hidden")
+        acts = load_file(str(path))
+        return nxt, acts.get("hidden"), acts.get("dense")
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)

@@ -4,6 +4,10 @@ Linears that receive the *same* input tensor in a forward (q/k/v, gate/up) share
 one Hessian per distinct input instead of one per linear. Sums are taken in float32 per batch and added into float64.
 With ``stop_when_done`` the forward is cut short (:class:`StatsDone`) as soon as every hooked linear has seen its
 input, before the last one's matmul: a statistics pass whose outputs nobody reads skips ``down_proj`` and the rest.
+
+For pruners that fit the *dense* model's outputs (``Pruner.dense_target``) the collector also takes, per batch, a
+reference forward of the dense layer on the dense model's activations (:meth:`StatsCollector.begin_reference`): each
+linear's dense input ``x_d`` is held for the batch and the pruned-stream pass adds ``Σ x x_dᵀ`` (``LayerStats.cross``).
 """
 
 from __future__ import annotations
@@ -45,15 +49,20 @@ class _Accumulator:
         self.kind, self.nsamples, self.tokens = kind, 0, 0
         n = in_features
         self.sum = torch.zeros((n, n) if kind == "hessian" else (n,), dtype=torch.float64, device=device)
+        self.cross: Tensor | None = None  # [in, in] Σ x x_dᵀ when a dense reference input is given
         self.probe: Tensor | None = None  # a few input rows kept for the reconstruction-error report
 
-    def add(self, x: Tensor, samples: int, probe_rows: int) -> None:
+    def add(self, x: Tensor, samples: int, probe_rows: int, ref: Tensor | None = None) -> None:
         x2d = x.detach().reshape(-1, x.shape[-1]).float()  # [tokens, in]
         with torch.autocast(x.device.type, enabled=False):  # the hooks run inside the forward's autocast, if any
             if self.kind == "hessian":
                 self.sum += gram(x2d).double()  # [in, in]
             else:
                 self.sum += x2d.square().sum(0).double()  # [in]
+            if ref is not None:
+                r2d = ref.detach().reshape(x2d.shape).float()  # [tokens, in] the dense model's input
+                part = (x2d.t() @ r2d).double()  # [in, in]
+                self.cross = part if self.cross is None else self.cross.add_(part)
         self.nsamples += samples
         self.tokens += x2d.shape[0]
         if self.probe is None and probe_rows:
@@ -62,8 +71,9 @@ class _Accumulator:
     def finish(self) -> LayerStats:
         n = max(self.nsamples, 1)
         if self.kind == "hessian":
+            cross = self.cross * (2.0 / n) if self.cross is not None else None
             return LayerStats(self.nsamples, self.tokens, sqnorm=torch.diagonal(self.sum).clone() / n,
-                              hessian=self.sum * (2.0 / n))
+                              hessian=self.sum * (2.0 / n), cross=cross)
         return LayerStats(self.nsamples, self.tokens, sqnorm=self.sum / n)
 
 
@@ -78,15 +88,29 @@ class StatsCollector:
         self._batch: list[tuple[Tensor, str]] = []  # inputs seen in this forward (strong refs: ids stay unique)
         self._samples = 0
         self._seen: set[str] = set()
+        self._ref: dict[str, Tensor] | None = None  # name -> dense input of this batch (reference pass)
+        self._referencing = False
         self._handles = [m.register_forward_pre_hook(self._hook(n)) for n, m in linears.items()]
 
     def begin_batch(self, samples: int) -> None:
+        """The next forward is the pruned stream's (accumulating; paired with the last reference pass, if any)."""
         self._batch.clear()
         self._seen.clear()
         self._samples = samples
+        self._referencing = False
+        if samples == 0:
+            self._ref = None
+
+    def begin_reference(self) -> None:
+        """The next forward is the dense layer on the dense model's activations: hold each linear's input, add
+        nothing, never stop early (its outputs feed the dense stream)."""
+        self._ref, self._referencing = {}, True
 
     def _hook(self, name: str):
         def hook(module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+            if self._referencing:
+                self._ref[name] = inputs[0]
+                return
             self._record(name, inputs[0])
             self._seen.add(name)
             if self.stop_when_done and len(self._seen) == len(self.linears):
@@ -103,7 +127,12 @@ class StatsCollector:
         self.owner[name] = name
         if name not in self.acc:
             self.acc[name] = _Accumulator(self.kind, x.shape[-1], x.device)
-        self.acc[name].add(x, self._samples, self.probe_rows)
+        ref = None
+        if self._ref is not None:
+            if name not in self._ref:
+                raise RuntimeError(f"{name}: the dense reference forward never reached this linear")
+            ref = self._ref[name]
+        self.acc[name].add(x, self._samples, self.probe_rows, ref)
 
     def remove(self) -> None:
         for h in self._handles:
@@ -111,6 +140,7 @@ class StatsCollector:
         self._handles.clear()
         self._batch.clear()
         self._seen.clear()
+        self._ref = None
 
     def stats(self) -> dict[str, LayerStats]:
         """Per linear name, the statistics of its input (shared objects for linears with a shared input)."""

@@ -71,3 +71,36 @@ def test_perplexity_cache_follows_the_protocol(tiny_model_dir, tmp_path, monkeyp
     E.perplexity(str(tiny_model_dir), str(text), 16, 4, 1, path)
     E.perplexity(str(tiny_model_dir), str(text), 8, 4, 1, path)
     assert len(calls) == 3  # other windows, other seqlen: evaluated again
+
+
+def test_run_child_reports_its_own_cpu_time_and_passes_env(tmp_path):
+    import sys
+
+    busy = ("import os, time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\n"
+            "print(os.environ['S24_PROBE'])")
+    log = tmp_path / "c.log"
+    got = E.run_child([sys.executable, "-c", busy], log, env={"S24_PROBE": "seen"})
+    assert 0.3 <= got["cpu_s"] <= got["wall_s"] + 0.1 and got["peak_rss_mb"] > 0
+    assert log.read_text().strip() == "seen"
+    with pytest.raises(RuntimeError, match="rc 3"):
+        E.run_child([sys.executable, "-c", "raise SystemExit(3)"], log)
+
+
+def test_pruning_table_targets_follow_the_rows():
+    """The gap lines of pruning_quality.py: ratios and the share of the default -> dense gap, from fresh numbers."""
+    import argparse
+
+    from benchmarks import pruning_quality as Q
+
+    rnd = random.Random()
+    ppl = {n: rnd.uniform(lo, hi) for n, lo, hi in (("dense", 15, 20), ("admm", 50, 70), ("armor-5%", 30, 50),
+                                                     ("sparsegpt", 70, 90), ("llmc-sparsegpt", 70, 90))}
+    rows = {n: {"ppl@512": {"ppl": p}, "prune_s": rnd.uniform(10, 99), "peak_rss_mb": rnd.uniform(900, 2000)}
+            for n, p in ppl.items()}
+    rows["armor-5%"]["armor_params"] = {"overhead": 0.036, "armor_params": 4.8e6}
+    lines = "\n".join(Q.gap_lines(rows, argparse.Namespace(seqlens=[512])))
+    assert f"**{100 * (ppl['admm'] / ppl['llmc-sparsegpt'] - 1):+.1f} %**" in lines
+    gap = 100 * (ppl["admm"] - ppl["armor-5%"]) / (ppl["admm"] - ppl["dense"])
+    assert f"**{gap:.1f} %** of the gap" in lines and "+3.6 % params" in lines
+    t = rows["sparsegpt"]["prune_s"] / rows["llmc-sparsegpt"]["prune_s"]
+    assert f"prune s **{t:.2f}x**" in lines

@@ -38,8 +38,8 @@ def _kill_after_layer(monkeypatch, layer: int) -> None:
 
     save = WorkState.save_acts
 
-    def dying(self, next_layer, hidden):
-        save(self, next_layer, hidden)
+    def dying(self, next_layer, hidden, dense=None):
+        save(self, next_layer, hidden, dense)
         if next_layer == layer + 1:
             raise Killed
 
