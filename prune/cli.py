@@ -25,7 +25,7 @@ DESCRIPTION = """Prune every linear inside the decoder layers to 2:4 (2 of every
 
 How it works: --nsamples random windows of --seqlen tokens from the --calib text (seed --seed) are pushed through
 the model one decoder layer at a time; each layer's linears are pruned from the statistics of their inputs, and the
-layer's outputs feed the next layer (the pruned layer's for Wanda/SparseGPT, the dense layer's for ARMOR). On a CPU
+layer's outputs feed the next layer (the pruned layer's; admm and ARMOR also carry the dense model's). On a CPU
 with native bf16, SparseGPT's and Wanda's forwards run under bf16 autocast (about 2x faster in all; --forward-dtype
 float32 turns it off; admm keeps float32, its own math being most of its time); statistics and pruning stay
 float32/64. Embeddings and lm_head stay dense. Only one decoder layer is on the device at a time; progress is saved
@@ -40,9 +40,11 @@ Methods (--method list prints them with the data each needs):
   sparsegpt  optimal-brain-surgeon pruning column by column, updating the kept weights (best quality per second).
   sparsegpt-refit  SparseGPT's mask, then the kept weights re-fitted exactly (least squares on the layer Hessian).
   admm       (default) ADMM search for the 2:4 mask on the layer objective, then the exact refit; per row the best of
-             ADMM, SparseGPT+refit and SparseGPT, so never worse than SparseGPT on the calibration data. On SmolLM2
-             24 % lower perplexity than SparseGPT (61.98 vs 81.34, quick protocol) for about 5x its time (326 vs
-             ~60 s, 2 threads), no extra parameters.
+             ADMM, SparseGPT+refit and SparseGPT on that objective. Its target mixes in the dense model's layer
+             output (--admm-dense-target 0.3: the dense model's activations are carried alongside, so each layer
+             compensates part of the error of the layers pruned before it). On SmolLM2 (quick protocol) 33 % lower
+             perplexity than SparseGPT (54.39 vs 81.34; 61.98 without the dense target) for about 5x its time, no
+             extra parameters.
   armor      W ~ A'(2:4 core)B' with learned block-diagonal A', B', started from --armor-init's result (default
              admm) with A' = B' = I and refined on the layer's calibration error, accepting only improvements: never
              worse than its start per layer. Adds block*(in+out) parameters per linear; --armor-budget 5 picks the
