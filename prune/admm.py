@@ -21,15 +21,15 @@ but a 1.3 % higher end-to-end perplexity (63.66 vs 62.84 at 512), so the default
 Linears that share one input (q/k/v, gate/up: the driver hands them the same statistics object) share one
 eigendecomposition. No extra parameters, no retraining.
 
-**Dense target** (``dense_target`` = mix ``α``, default 0.3). SparseGPT's objective asks the pruned layer to reproduce
+**Dense target** (``dense_target`` = mix ``α``, default 0.2). SparseGPT's objective asks the pruned layer to reproduce
 what the *dense* weights compute on the already-pruned inputs ``X``; the errors of the earlier layers are then
 carried along. With ``α > 0`` the driver also runs the dense model's layers on the dense activations ``X_d`` and the
 target becomes ``(1 − α) W X + α W X_d``, so each layer compensates part of what upstream pruning changed:
 ``W H`` becomes ``W T`` with ``T = (1 − α) H + α crossᵀ`` (``cross = 2/N Σ x x_dᵀ``) in the ADMM step and the refit,
 and the three candidates are compared on that objective. Only part: at ``α = 1`` the refit chases the dense outputs
-with large weights and the model breaks (quick protocol, SmolLM2-135M, perplexity at 512: 61.98 / 54.39 / 60.06 /
-238.8 / 1347 at α = 0 / 0.3 / 0.5 / 0.75 / 1). Without ``cross`` (statistics built by hand) ``X_d = X`` is assumed:
-the plain objective, bit for bit.
+with large weights and the model breaks (quick protocol, SmolLM2-135M, perplexity at 512: 61.98 / 57.07 / 53.93 /
+54.39 / 60.06 / 238.8 / 1347 at α = 0 / 0.1 / 0.2 / 0.3 / 0.5 / 0.75 / 1; 0.2 is the default, below the cliff).
+Without ``cross`` (statistics built by hand) ``X_d = X`` is assumed: the plain objective, bit for bit.
 """
 
 from __future__ import annotations
@@ -111,10 +111,11 @@ class AdmmArgs:
                            name="--admm-percdamp")
     blocksize: int = flag(128, "column block of the SparseGPT candidate ADMM is compared against",
                           name="--admm-blocksize")
-    dense_target: float = flag(0.3, "how much of the target is the dense model's layer output rather than this "
+    dense_target: float = flag(0.2, "how much of the target is the dense model's layer output rather than this "
                                "layer's own output on the pruned inputs (error compensation): 0 = SparseGPT's "
-                               "objective, 1 = the dense outputs only; quick-protocol perplexity 61.98 / 54.39 / 60.06 "
-                               "/ 238.8 / 1347 at 0 / 0.3 / 0.5 / 0.75 / 1", name="--admm-dense-target")
+                               "objective, 1 = the dense outputs only; quick-protocol perplexity 61.98 / 57.07 / "
+                               "53.93 / 54.39 / 60.06 / 238.8 at 0 / 0.1 / 0.2 / 0.3 / 0.5 / 0.75",
+                               name="--admm-dense-target")
 
     def __post_init__(self) -> None:
         if self.iters < 1:
