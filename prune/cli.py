@@ -8,6 +8,7 @@ declared by its pruner) and calls the typed functions underneath: :func:`prune_c
 from __future__ import annotations
 
 import argparse
+import gc
 import hashlib
 import json
 import sys
@@ -232,7 +233,7 @@ def prune_checkpoint(method: str = DEFAULT_METHOD, method_args: Any = None, *, m
 
     from sparse24.assets import resolve_model
     from sparse24.fileio import check_output_path, clean_stale_temps
-    from sparse24.runtime import resolve_device, resolve_dtype
+    from sparse24.runtime import release_memory, resolve_device, resolve_dtype
 
     pruner = get_pruner(method, method_args)
     writer = get_writer(output.format)
@@ -254,8 +255,10 @@ def prune_checkpoint(method: str = DEFAULT_METHOD, method_args: Any = None, *, m
         torch.set_num_threads(model.threads)
     device = resolve_device(model.device)
     dtype = resolve_dtype(model.dtype, device) or torch.float32
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    calib_ids = _calibration(tokenizer, calib, model_dir) if pruner.stats != "none" else None
+    calib_ids = _calibration(AutoTokenizer.from_pretrained(model_dir), calib, model_dir) \
+        if pruner.stats != "none" else None
+    gc.collect()
+    release_memory()  # the tokenizer and the tokenized text (~200 MB on SmolLM2) are garbage from here on
     forward = forward_autocast(calib.forward_dtype, device, dtype, pruner.bf16_forwards)
     state = WorkState(work, run_fingerprint(pruner, model_dir, model, calib, calib_ids, dtype, forward),
                       fresh=output.overwrite)
@@ -268,6 +271,8 @@ def prune_checkpoint(method: str = DEFAULT_METHOD, method_args: Any = None, *, m
             print(f"removed {work}: no layer was finished, so a corrected rerun starts from scratch", file=sys.stderr)
         raise
     seconds = time.time() - t0
+    gc.collect()
+    release_memory()  # the layer loop's last activations
     pruned = pruner.assemble(model_dir, outcome, dtype)
     ok, total = pruner.check_24(pruned)
     record = {"method": pruner.name, "settings": pruner.settings(), "model_dir": str(model_dir.resolve()),
@@ -282,6 +287,7 @@ def prune_checkpoint(method: str = DEFAULT_METHOD, method_args: Any = None, *, m
               "report": outcome.report}
     replace = output.overwrite or (out.is_dir() and not any(out.iterdir()))
     lines = writer(WriteJob(pruned, out, pruner, record, output.compressed, replace))
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)  # loaded after the model is written: not at the peak
     tokenizer.save_pretrained(out)
     state.remove()
     print(summary_table(outcome.report))
