@@ -15,7 +15,7 @@ iterations. Then the kept weights of the final mask are re-fitted exactly (:func
 
 Per row the result is the best (lowest undamped calibration error) of three candidates: this ADMM mask + refit,
 SparseGPT's mask + refit, and SparseGPT itself (its own damping 0.01) — so it is never worse than ``sparsegpt`` on
-the calibration data. ``percdamp`` (default 0.01, as SparseGPT) damps the ADMM and the refit: the ridge
+the calibration objective (the mixed one below when the dense target is on). ``percdamp`` (default 0.01, as SparseGPT) damps the ADMM and the refit: the ridge
 ``λ‖w − ŵ‖²`` towards the dense weights. 0.05 had a 1.7 % lower held-out layer error on SmolLM2-135M layers 2/15/28
 but a 1.3 % higher end-to-end perplexity (63.66 vs 62.84 at 512), so the default stays 0.01.
 Linears that share one input (q/k/v, gate/up: the driver hands them the same statistics object) share one
@@ -133,7 +133,8 @@ class AdmmPruner(Pruner):
     name = "admm"
     stats = "hessian"
     sequential = True
-    summary = "ADMM 2:4 mask search on the layer Hessian + exact refit; never worse than SparseGPT per row (default)"
+    summary = ("ADMM 2:4 mask search + exact refit on a target mixing in the dense model's outputs; never worse than "
+               "SparseGPT per row on it (default)")
     Args = AdmmArgs
     rows_independent = True  # every step is row-wise given H: q/k/v and gate/up run stacked
     # its own math is ~85 % of a layer, so bf16 forwards would save ~10 % of the time for a measured +0.7 % perplexity
