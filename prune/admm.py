@@ -15,9 +15,10 @@ iterations. Then the kept weights of the final mask are re-fitted exactly (:func
 
 Per row the result is the best (lowest undamped calibration error) of three candidates: this ADMM mask + refit,
 SparseGPT's mask + refit, and SparseGPT itself (its own damping 0.01) — so it is never worse than ``sparsegpt`` on
-the calibration objective (the mixed one below when the dense target is on). ``percdamp`` (default 0.01, as SparseGPT) damps the ADMM and the refit: the ridge
-``λ‖w − ŵ‖²`` towards the dense weights. 0.05 had a 1.7 % lower held-out layer error on SmolLM2-135M layers 2/15/28
-but a 1.3 % higher end-to-end perplexity (63.66 vs 62.84 at 512), so the default stays 0.01.
+the calibration objective (the mixed one below when the dense target is on). ``percdamp`` (default 0.01, as
+SparseGPT) damps the ADMM and the refit: the ridge ``λ‖w − ŵ‖²`` towards the dense weights. 0.05 had a 1.7 % lower
+held-out layer error on SmolLM2-135M layers 2/15/28 but a 1.3 % higher end-to-end perplexity (63.66 vs 62.84 at
+512), so the default stays 0.01.
 Linears that share one input (q/k/v, gate/up: the driver hands them the same statistics object) share one
 eigendecomposition. No extra parameters, no retraining.
 
