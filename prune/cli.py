@@ -44,8 +44,8 @@ Methods (--method list prints them with the data each needs):
              ADMM, SparseGPT+refit and SparseGPT on that objective. Its target mixes in the dense model's layer
              output (--admm-dense-target 0.2: the dense model's activations are carried alongside, so each layer
              compensates part of the error of the layers pruned before it). On SmolLM2 (quick protocol) 34 % lower
-             perplexity than SparseGPT (53.93 vs 81.34; 61.98 without the dense target) for about 5x its time, no
-             extra parameters.
+             perplexity than SparseGPT (53.93 vs 81.34; 61.98 without the dense target) for about 7x its time (421
+             vs 63 s, 2 threads), no extra parameters.
   armor      W ~ A'(2:4 core)B' with learned block-diagonal A', B', started from --armor-init's result (default
              admm) with A' = B' = I and refined on the layer's calibration error, accepting only improvements: never
              worse than its start per layer. Adds block*(in+out) parameters per linear; --armor-budget 5 picks the
