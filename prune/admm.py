@@ -79,6 +79,7 @@ class Factorised:
             return None
         return weight.detach().double() @ self.t + self.damp * w
 
+
 def admm_mask_24(weight: Tensor, f: Factorised, iters: int, rho_start: float, rho_end: float,
                  rhs: Tensor | None = None) -> Tensor:
     """The 2:4 keep-mask ``[out, in]`` that the ADMM iteration settles on (see the module docstring); ``rhs`` replaces

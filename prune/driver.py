@@ -184,6 +184,12 @@ def _capture(model: nn.Module, reader: ShardReader, calib: Tensor, opts: DriverA
     return (torch.cat(hidden) if need_hidden else None), kwargs  # [N, T, H]
 
 
+def _amp(opts: DriverArgs) -> Callable[[], Any]:
+    """A context factory for the calibration forwards: ``opts.autocast`` if set, else nothing."""
+    device_type = torch.device(opts.device).type
+    return (lambda: torch.autocast(device_type, dtype=opts.autocast)) if opts.autocast else nullcontext
+
+
 @torch.no_grad()
 def _run_paired(layer: nn.Module, hidden: Tensor, dense: Tensor, kwargs: dict[str, Any], opts: DriverArgs,
                 collector: StatsCollector) -> Tensor:
@@ -191,8 +197,7 @@ def _run_paired(layer: nn.Module, hidden: Tensor, dense: Tensor, kwargs: dict[st
     reference, its outputs returned: the next layer's dense activations), then on the pruned stream ``hidden``
     (statistics, paired with the reference)."""
     out = torch.empty_like(dense)  # [N, T, H]
-    device_type = torch.device(opts.device).type
-    amp = (lambda: torch.autocast(device_type, dtype=opts.autocast)) if opts.autocast else nullcontext
+    amp = _amp(opts)
     for b0 in range(0, hidden.shape[0], opts.batch_size):
         collector.begin_reference()
         with amp():
@@ -215,8 +220,7 @@ def _run_layer(layer: nn.Module, hidden: Tensor, kwargs: dict[str, Any], opts: D
     """Push ``hidden`` through ``layer`` in batches (under ``opts.autocast``), feeding ``collector``; returns the
     outputs (kept in ``hidden``'s dtype) when ``keep_output``."""
     out = torch.empty_like(hidden) if keep_output else None  # [N, T, H]
-    device_type = torch.device(opts.device).type
-    amp = (lambda: torch.autocast(device_type, dtype=opts.autocast)) if opts.autocast else nullcontext
+    amp = _amp(opts)
     for b0 in range(0, hidden.shape[0], opts.batch_size):
         x = hidden[b0 : b0 + opts.batch_size]
         if collector is not None:
