@@ -130,7 +130,11 @@ class _Recorder(nn.Module):
 
 
 def _nonfinite(t: Tensor) -> int:
-    return int((~torch.isfinite(t)).sum()) if t.is_floating_point() else 0
+    """How many entries of ``t`` are NaN/Inf. A finite sum proves there are none (one pass, no temporaries); only
+    when it is not (a NaN/Inf, or finite values whose sum overflows) are the entries counted."""
+    if not t.is_floating_point() or bool(torch.isfinite(t.sum())):
+        return 0
+    return int((~torch.isfinite(t)).sum())
 
 
 def _check_params(module: nn.Module, prefix: str) -> None:

@@ -12,6 +12,9 @@ linear's dense input ``x_d`` is held for the batch and the pruned-stream pass ad
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from sparse24.prune.base import LayerStats
 from torch import Tensor, nn
@@ -23,10 +26,33 @@ class StatsDone(Exception):
     """Raised by a pre-hook once every hooked linear has its input for this batch (``stop_when_done``)."""
 
 
-def gram(x: Tensor, block: int = 512) -> Tensor:
+@contextmanager
+def _bf16_products(enabled: bool) -> Iterator[None]:
+    """Let oneDNN multiply float32 matrices with bf16 inputs and float32 accumulation (CPU only). Only for operands
+    whose values are bf16 numbers already: converting them is exact, so the product is a float32-accumulated one."""
+    if not enabled:
+        yield
+        return
+    mm = torch.backends.mkldnn.matmul
+    old, mm.fp32_precision = mm.fp32_precision, "bf16"
+    try:
+        yield
+    finally:
+        mm.fp32_precision = old
+
+
+def gram(x: Tensor, block: int = 512, bf16_values: bool = False) -> Tensor:
     """``xᵀx`` ``[in, in]`` of ``x`` ``[tokens, in]``, computing only the blocks on and above the diagonal (blocks of
     about ``block`` columns) and mirroring the rest: about 2/3 of the products, and on CPUs 1.5-2.5x faster than one
-    ``x.t() @ x`` (measured for in = 576 and 1536, 1 thread), exactly symmetric."""
+    ``x.t() @ x`` (measured for in = 576 and 1536, 1 thread), exactly symmetric.
+
+    ``bf16_values``: every entry of ``x`` is a bf16 number (a linear's input produced under bf16 autocast); on a CPU
+    the products then go through oneDNN's bf16 path, exact for such inputs and about 2x faster (float32 sums)."""
+    with _bf16_products(bf16_values and x.device.type == "cpu"):
+        return _gram(x, block)
+
+
+def _gram(x: Tensor, block: int) -> Tensor:
     n = x.shape[1]
     nb = max(2, round(n / block)) if n >= 256 else 1
     if nb == 1:
@@ -56,7 +82,7 @@ class _Accumulator:
         x2d = x.detach().reshape(-1, x.shape[-1]).float()  # [tokens, in]
         with torch.autocast(x.device.type, enabled=False):  # the hooks run inside the forward's autocast, if any
             if self.kind == "hessian":
-                self.sum += gram(x2d).double()  # [in, in]
+                self.sum += gram(x2d, bf16_values=x.dtype == torch.bfloat16).double()  # [in, in]
             else:
                 self.sum += x2d.square().sum(0).double()  # [in]
             if ref is not None:

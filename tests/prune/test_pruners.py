@@ -164,3 +164,34 @@ def test_gram_equals_the_float64_product(features):
     ref = x.double().t() @ x.double()
     torch.testing.assert_close(h.double(), ref, rtol=1e-5, atol=1e-3)
     assert torch.equal(h, h.t())
+
+
+@pytest.mark.parametrize("features", [64, 576, 1100])
+def test_gram_of_bf16_values_equals_the_float64_product(features):
+    """A linear input produced under bf16 autocast holds bf16 numbers: its xᵀx may take oneDNN's bf16 path (exact
+    conversions, float32 sums) and still equals the float64 product to float32 rounding; the flag is restored."""
+    from sparse24.prune.stats import gram
+
+    before = torch.backends.mkldnn.matmul.fp32_precision
+    x = (torch.randn(300, features) * torch.rand(features) * 4).bfloat16().float()  # [tokens, in] bf16 values
+    h = gram(x, bf16_values=True)
+    ref = x.double().t() @ x.double()
+    torch.testing.assert_close(h.double(), ref, rtol=1e-5, atol=1e-3)
+    assert torch.equal(h, h.t())
+    assert torch.backends.mkldnn.matmul.fp32_precision == before
+
+
+def test_hessian_of_a_bf16_input_is_its_float64_product():
+    """The hooks see a bf16 tensor (an o_proj/down_proj input under autocast): H is the float64 product of those
+    bf16 numbers, exactly symmetric and positive semi-definite."""
+    lin = nn.Linear(96, 8)
+    x = torch.randn(4, 128, 96).bfloat16()
+    col = StatsCollector({"a": lin}, "hessian")
+    col.begin_batch(4)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        lin(x)
+    col.remove()
+    x64 = x.reshape(-1, 96).double()
+    h = col.stats()["a"].hessian
+    torch.testing.assert_close(h, 2 * x64.t() @ x64 / 4, rtol=1e-5, atol=1e-4)
+    assert torch.equal(h, h.t()) and float(torch.linalg.eigvalsh(h).min()) > -1e-6 * float(h.diagonal().max())

@@ -79,3 +79,24 @@ def test_group_step_is_the_column_recurrence():
                 ref_e[r, j] = ref_w[r, j] / u[j, j]
                 ref_w[r, j:] -= ref_e[r, j] * u[j, j:]
     torch.testing.assert_close(e, ref_e)
+
+
+def test_inverse_cholesky_is_the_upper_factor_of_the_damped_inverse():
+    """U is upper with a positive diagonal and UᵀU = (H + λI)⁻¹ (float64 inverse), λ = percdamp·mean diag H; an
+    indefinite H raises λ tenfold until the factorisation succeeds."""
+    from sparse24.prune.sparsegpt import inverse_cholesky
+
+    g = torch.Generator().manual_seed(4)
+    x = correlated_inputs(400, 40, g).double()
+    h = 2 * x.t() @ x / 100
+    u, lam = inverse_cholesky(h, 0.01)
+    assert lam == pytest.approx(0.01 * float(h.diagonal().mean()))
+    assert torch.equal(u, u.triu()) and (u.diagonal() > 0).all()
+    ref = torch.linalg.inv(h + lam * torch.eye(40, dtype=torch.float64))
+    torch.testing.assert_close(u.t() @ u, ref, rtol=1e-9, atol=1e-9 * float(ref.abs().max()))
+    evals, evecs = torch.linalg.eigh(h)
+    bad = h - (evals[0] + 0.05 * float(h.diagonal().mean())) * evecs[:, :1] @ evecs[:, :1].t()  # min eig -5 % mean
+    u2, lam2 = inverse_cholesky(bad, 0.01)
+    assert lam2 == pytest.approx(0.1 * float(bad.diagonal().mean()))
+    torch.testing.assert_close(u2.t() @ u2, torch.linalg.inv(bad + lam2 * torch.eye(40, dtype=torch.float64)),
+                               rtol=1e-7, atol=1e-7)
