@@ -14,6 +14,7 @@ import json
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -137,10 +138,10 @@ def parse_job(argv: list[str]) -> PruneJob:
 
 @dataclass
 class Pruned:
-    """What :func:`prune_checkpoint` returns: the pruned model in memory and where everything went."""
+    """What :func:`prune_checkpoint` returns: the pruned model in memory and where everything went (the tokenizer is
+    loaded from ``out`` on first use: the pruning job itself only copies its files)."""
 
     model: Any
-    tokenizer: Any
     model_dir: Path
     out: Path
     ok: int  # pruned tensors that are exactly 2:4
@@ -148,6 +149,12 @@ class Pruned:
     seconds: float
     record: dict[str, Any]  # sparse24_config.json's "extra"
     files: list[Path]
+
+    @cached_property
+    def tokenizer(self) -> Any:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(self.out)
 
 
 def _warn(msg: str) -> None:
@@ -232,7 +239,7 @@ def prune_checkpoint(method: str = DEFAULT_METHOD, method_args: Any = None, *, m
     from transformers import AutoTokenizer
 
     from sparse24.assets import resolve_model
-    from sparse24.fileio import check_output_path, clean_stale_temps
+    from sparse24.fileio import check_output_path, clean_stale_temps, copy_tokenizer_files
     from sparse24.runtime import release_memory, resolve_device, resolve_dtype
 
     pruner = get_pruner(method, method_args)
@@ -287,8 +294,7 @@ def prune_checkpoint(method: str = DEFAULT_METHOD, method_args: Any = None, *, m
               "report": outcome.report}
     replace = output.overwrite or (out.is_dir() and not any(out.iterdir()))
     lines = writer(WriteJob(pruned, out, pruner, record, output.compressed, replace))
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)  # loaded after the model is written: not at the peak
-    tokenizer.save_pretrained(out)
+    copy_tokenizer_files(model_dir, out)  # verbatim: loading a tokenizer here would add ~100 MB at the peak
     state.remove()
     print(summary_table(outcome.report))
     for line in lines:
@@ -298,7 +304,7 @@ def prune_checkpoint(method: str = DEFAULT_METHOD, method_args: Any = None, *, m
     print(f"wrote {out.resolve()}/:")
     for f in files:
         print(f"  {f.name:<40} {f.stat().st_size / 2**20:9.2f} MiB")
-    return Pruned(pruned, tokenizer, model_dir, out, ok, total, seconds, record, files)
+    return Pruned(pruned, model_dir, out, ok, total, seconds, record, files)
 
 
 def _versions() -> dict[str, str]:

@@ -123,3 +123,19 @@ def test_prune_refuses_to_replace_a_users_folder(runs):
     with pytest.raises(FileExistsError, match="--overwrite"):
         _args(runs["model_dir"], target).prune()
     assert (target / "notes.txt").read_text() == "keep me" and not (target.with_name("mine.partial")).exists()
+
+
+def test_output_tokenizer_is_the_sources_verbatim(runs):
+    """The job copies the tokenizer files (it never loads a tokenizer at its memory peak): the same bytes, and the
+    result's lazily loaded tokenizer encodes like the source's."""
+    from transformers import AutoTokenizer
+
+    from sparse24.fileio import TOKENIZER_FILES
+
+    src, out = runs["model_dir"], runs["full"].out
+    names = [n for n in TOKENIZER_FILES if (src / n).is_file()]
+    assert "tokenizer.json" in names
+    for n in names:
+        assert (out / n).read_bytes() == (src / n).read_bytes(), n
+    text = (src / "calib.txt").read_text()[:2000]
+    assert runs["full"].tokenizer(text)["input_ids"] == AutoTokenizer.from_pretrained(src)(text)["input_ids"]
