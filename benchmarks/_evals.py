@@ -36,10 +36,16 @@ def loadavg() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3]) if Path("/proc/loadavg").exists() else "?"
 
 
-def cached(path: Path, **want: Any) -> dict[str, Any] | None:
-    """The ``sparse24 eval`` results in ``path`` when its recorded protocol has every ``want`` value, else None."""
+def cached(path: Path, model: str | None = None, **want: Any) -> dict[str, Any] | None:
+    """The ``sparse24 eval`` results in ``path`` when its recorded protocol has every ``want`` value and no file of the
+    ``model`` folder (if it is one) is newer than them (a re-pruned model is evaluated again), else None."""
     if not path.is_file():
         return None
+    folder = Path(model) if model else None
+    if folder is not None and folder.is_dir():
+        newest = max((f.stat().st_mtime for f in folder.iterdir() if f.is_file()), default=0.0)
+        if newest > path.stat().st_mtime:
+            return None
     res = json.loads(path.read_text(encoding="utf-8"))
     proto = res.get("protocol", {})
     return res if all(proto.get(k) == v for k, v in want.items()) else None
@@ -65,7 +71,7 @@ def perplexity(model: str, text: str, seqlen: int, windows: int | None, threads:
     """``sparse24 eval MODEL --ppl TEXT --seqlen N --max-windows W`` into ``path`` (reused when its protocol matches):
     ``{"ppl", "windows", "seqlen", ..., "wall_s", "run"}`` (``run``: the child's wall time, RSS and load)."""
     want = {"texts": [text], "seqlen": seqlen, "max_windows": windows or None}
-    res, wall = cached(path, **want), None
+    res, wall = cached(path, model, **want), None
     if res is None:
         cmd = [sys.executable, "-m", "sparse24", "eval", model, "--ppl", text, "--seqlen", str(seqlen),
                "--threads", str(threads), "--out", str(path), "--no-progress", "--batch-size", "1"]
@@ -81,7 +87,7 @@ def zeroshot(model: str, tasks: str, limit: int | None, threads: int, path: Path
     """``sparse24 eval MODEL --ppl none --tasks TASKS --limit N`` into ``path`` (reused when its protocol matches):
     ``{"tasks": {task: {"acc", "acc_norm", "n", "acc_stderr", "acc_norm_stderr"}}, "wall_s", "run"}``."""
     names = [t for t in tasks.split(",") if t]
-    res, wall = cached(path, texts=[], limit=limit or None), None
+    res, wall = cached(path, model, texts=[], limit=limit or None), None
     if res is not None and sorted(res["protocol"]["tasks"]) != sorted(names):
         res = None
     if res is None:

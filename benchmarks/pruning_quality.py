@@ -325,6 +325,7 @@ def main() -> None:
             rows[name] = json.loads(path.read_text())
             continue
         print(f"[{time.strftime('%H:%M:%S')}] {name} (load {E.loadavg()})", flush=True)
+        (done / f"{name}.zs.json").unlink(missing_ok=True)  # a row made again gets its zero-shot again
         row: dict = {}
         if name == "dense":
             model = "smollm2-135m"

@@ -104,3 +104,26 @@ def test_pruning_table_targets_follow_the_rows():
     assert f"**{gap:.1f} %** of the gap" in lines and "+3.6 % params" in lines
     t = rows["sparsegpt"]["prune_s"] / rows["llmc-sparsegpt"]["prune_s"]
     assert f"prune s **{t:.2f}x**" in lines
+
+
+def test_cached_results_of_a_rewritten_model_are_stale(tiny_model_dir, tmp_path, monkeypatch):
+    """A model folder written after its evaluation (a re-pruned row) is evaluated again, perplexity and zero-shot."""
+    import os
+    import shutil
+
+    calls: list = []
+    monkeypatch.setattr(E, "run_child", _in_process(calls))
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, model)
+    text = tmp_path / "t.txt"
+    text.write_text((tiny_model_dir / "calib.txt").read_text()[:20000])
+    E.perplexity(str(model), str(text), 16, 2, 1, tmp_path / "ppl.json")
+    E.zeroshot(str(model), "arc_easy", 2, 1, tmp_path / "zs.json")
+    E.perplexity(str(model), str(text), 16, 2, 1, tmp_path / "ppl.json")
+    E.zeroshot(str(model), "arc_easy", 2, 1, tmp_path / "zs.json")
+    assert len(calls) == 2  # both cached
+    later = (tmp_path / "zs.json").stat().st_mtime + 5
+    os.utime(model / "config.json", (later, later))  # the folder was written again
+    E.perplexity(str(model), str(text), 16, 2, 1, tmp_path / "ppl.json")
+    E.zeroshot(str(model), "arc_easy", 2, 1, tmp_path / "zs.json")
+    assert len(calls) == 4
