@@ -148,6 +148,15 @@ class Pruner:
 
         return assemble(model_dir, outcome, dtype)
 
+    @property
+    def plain_export(self) -> bool:
+        """Whether the default checkpoint can be written from the plain HF model (:func:`~sparse24.prune.export.
+        write_plain`, no ``SparseLinear`` modules in memory): yes unless the pruner assembles, checks or saves its own
+        way (ARMOR) or returns extra tensors."""
+        cls = type(self)
+        return (cls.assemble is Pruner.assemble and cls.check_24 is Pruner.check_24 and cls.save is Pruner.save
+                and not self.extra_tensors)
+
     def check_24(self, model: nn.Module) -> tuple[int, int]:
         """(pruned tensors that are exactly 2:4, tensors checked) in the assembled model."""
         from sparse24.prune.export import check_all_24

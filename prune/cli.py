@@ -138,10 +138,11 @@ def parse_job(argv: list[str]) -> PruneJob:
 
 @dataclass
 class Pruned:
-    """What :func:`prune_checkpoint` returns: the pruned model in memory and where everything went (the tokenizer is
-    loaded from ``out`` on first use: the pruning job itself only copies its files)."""
+    """What :func:`prune_checkpoint` returns: the pruned model and where everything went. The model and the tokenizer
+    are loaded from ``out`` on first use unless the job had to assemble the model anyway (``assembled``): the job
+    itself writes the checkpoint from the plain model and copies the tokenizer files, which keeps its peak memory low.
+    """
 
-    model: Any
     model_dir: Path
     out: Path
     ok: int  # pruned tensors that are exactly 2:4
@@ -149,6 +150,15 @@ class Pruned:
     seconds: float
     record: dict[str, Any]  # sparse24_config.json's "extra"
     files: list[Path]
+    assembled: Any = None
+
+    @cached_property
+    def model(self) -> Any:
+        if self.assembled is not None:
+            return self.assembled
+        from sparse24.loaders import load
+
+        return load(self.out, tokenizer=False).model.eval()
 
     @cached_property
     def tokenizer(self) -> Any:
@@ -233,7 +243,7 @@ def prune_checkpoint(method: str = DEFAULT_METHOD, method_args: Any = None, *, m
     import torch
     from sparse24.prune.base import get_pruner
     from sparse24.prune.driver import DriverArgs, prune_layers
-    from sparse24.prune.export import summary_table
+    from sparse24.prune.export import plain_model, summary_table, write_plain
     from sparse24.prune.formats import WriteJob, get_writer
     from sparse24.prune.resume import WorkState
     from transformers import AutoTokenizer
@@ -280,8 +290,13 @@ def prune_checkpoint(method: str = DEFAULT_METHOD, method_args: Any = None, *, m
     seconds = time.time() - t0
     gc.collect()
     release_memory()  # the layer loop's last activations
-    pruned = pruner.assemble(model_dir, outcome, dtype)
-    ok, total = pruner.check_24(pruned)
+    plain = output.format == "sparse24" and pruner.plain_export
+    if plain:  # written from the plain model: no SparseLinear modules or bool masks at the peak
+        pruned, names, ok = plain_model(model_dir, outcome, dtype)
+        total = len(names)
+    else:
+        pruned = pruner.assemble(model_dir, outcome, dtype)
+        ok, total = pruner.check_24(pruned)
     record = {"method": pruner.name, "settings": pruner.settings(), "model_dir": str(model_dir.resolve()),
               "model_files": state.fingerprint["model_files"],
               "calibration": {"text": calib.text, "nsamples": calib.nsamples, "seqlen": calib.seqlen,
@@ -293,7 +308,14 @@ def prune_checkpoint(method: str = DEFAULT_METHOD, method_args: Any = None, *, m
               "prune_seconds": round(seconds, 1), "check_24": f"{ok}/{total}", "versions": _versions(),
               "report": outcome.report}
     replace = output.overwrite or (out.is_dir() and not any(out.iterdir()))
-    lines = writer(WriteJob(pruned, out, pruner, record, output.compressed, replace))
+    if plain:
+        write_plain(pruned, names, out, method=pruner.name, record=record, compressed=output.compressed,
+                    overwrite=replace)
+        lines, pruned = [], None
+        gc.collect()
+        release_memory()
+    else:
+        lines = writer(WriteJob(pruned, out, pruner, record, output.compressed, replace))
     copy_tokenizer_files(model_dir, out)  # verbatim: loading a tokenizer here would add ~100 MB at the peak
     state.remove()
     print(summary_table(outcome.report))
@@ -304,7 +326,7 @@ def prune_checkpoint(method: str = DEFAULT_METHOD, method_args: Any = None, *, m
     print(f"wrote {out.resolve()}/:")
     for f in files:
         print(f"  {f.name:<40} {f.stat().st_size / 2**20:9.2f} MiB")
-    return Pruned(pruned, model_dir, out, ok, total, seconds, record, files)
+    return Pruned(model_dir, out, ok, total, seconds, record, files, pruned)
 
 
 def _versions() -> dict[str, str]:

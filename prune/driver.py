@@ -291,6 +291,7 @@ def _prune_layer(index: int, layer: nn.Module, names: dict[str, str], pruner: Pr
         finally:
             col.remove()
         stats, probes = col.stats(), col.probes()
+        release_memory()  # the statistics pass's freed activations, before the solves allocate theirs
     tensors, rows = {}, []
     groups: dict[int | str, list[str]] = {}  # linears sharing one input (one LayerStats object) go together
     for full in linears:
@@ -303,6 +304,7 @@ def _prune_layer(index: int, layer: nn.Module, names: dict[str, str], pruner: Pr
             rows.append(_finish_linear(full, index, linears[full], results[full], pruner, probes[full], tensors))
     if hidden is None:
         return None, None, tensors, rows
+    release_memory()  # the solves' freed temporaries, before the output pass
     nxt = _run_layer(layer, hidden, kwargs, opts, None, True) if pruner.sequential else dense_out
     return nxt, dense_next, tensors, rows
 
