@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import torch
 from safetensors.torch import load_file
 from sparse24.prune import cli as prune_cli
@@ -25,9 +24,8 @@ def _record(folder):
     return rec
 
 
-@pytest.mark.parametrize("compressed", [False, True])
-def test_plain_export_writes_what_the_assembled_model_writes(tiny_model_dir, tmp_path, monkeypatch, compressed):
-    extra = ["--compressed"] if compressed else []
+def test_plain_export_writes_what_the_assembled_model_writes(tiny_model_dir, tmp_path, monkeypatch):
+    extra = ["--compressed"]  # both weight files: the HF one (dense with zeros) and the packed 2:4 one
     plain = _job(tiny_model_dir, tmp_path / "plain", *extra).prune()
     assert plain.assembled is None  # nothing was assembled by the job
     monkeypatch.setattr(Pruner, "plain_export", property(lambda self: False))
