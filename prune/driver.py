@@ -32,7 +32,7 @@ from sparse24.prune.resume import WorkState
 from sparse24.prune.stats import StatsCollector, StatsDone
 from torch import Tensor, nn
 
-from sparse24.masks import is_24
+from sparse24.masks import is_exact_24
 from sparse24.runtime import release_memory
 
 __all__ = ["DriverArgs", "PruneOutcome", "StoredTensors", "NonFiniteError", "prune_layers", "matches", "skeleton"]
@@ -249,7 +249,7 @@ def _errors(w: Tensor, new: Tensor, mask: Tensor, probe: Tensor | None,
     w64, d64 = w.double(), (w.double() - new.double())
     sparse = new if sparse is None else sparse
     row = {"weight_err": float(d64.square().sum() / w64.square().sum().clamp(min=1e-30)),
-           "is_24": bool(is_24(sparse)) and bool((mask.reshape(-1, 4).sum(-1) == 2).all())}
+           "is_24": is_exact_24(sparse, mask)}
     if probe is not None:  # float32 products (a report, not a decision: 1e-6 relative is plenty), float64 sums
         x, d32 = probe.float(), d64.float()  # [P, in], [out, in]
         num, den = (x @ d32.t()).double().square().sum(), (x @ w.float().t()).double().square().sum()

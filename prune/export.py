@@ -45,7 +45,7 @@ def plain_model(model_dir: Path, outcome: PruneOutcome, dtype: torch.dtype | Non
     at the job's peak than :func:`assemble`)."""
     from transformers import AutoModelForCausalLM
 
-    from sparse24.masks import is_24
+    from sparse24.masks import is_exact_24
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype or "auto").eval()
     names, ok = list(outcome.weights), 0
@@ -53,7 +53,7 @@ def plain_model(model_dir: Path, outcome: PruneOutcome, dtype: torch.dtype | Non
         for name in names:
             w, mask = model.get_submodule(name).weight, outcome.masks[name]  # [out, in], [out, in] bool
             w.copy_(outcome.weights[name]).mul_(mask).add_(0.0)
-            ok += int(bool((mask.reshape(-1, 4).sum(-1) == 2).all()) and is_24(w))
+            ok += int(is_exact_24(w, mask))
     return model, names, ok
 
 

@@ -16,6 +16,7 @@ from torch import Tensor
 
 __all__ = [
     "check_weight",
+    "is_exact_24",
     "magnitude_mask_24",
     "transposable_mask_24",
     "transposable_patterns",
@@ -76,6 +77,11 @@ def magnitude_mask_24(w: Tensor) -> Tensor:
 def is_24(w: Tensor) -> bool:
     """True when every group of 4 along the last dim has at most 2 non-zeros."""
     return bool(((_groups(w) != 0).sum(-1) <= 2).all())
+
+
+def is_exact_24(w: Tensor, mask: Tensor) -> bool:
+    """A pruner's result is exactly 2:4: ``mask`` keeps exactly 2 of every group of 4 and ``w`` is :func:`is_24`."""
+    return bool((_groups(mask).sum(-1) == 2).all()) and is_24(w)
 
 
 def transposable_patterns(device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> Tensor:

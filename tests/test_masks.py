@@ -188,3 +188,27 @@ def test_property_magnitude_exact_two_and_maximal(rows, groups, seed, ties):
     kept = (w.abs() * m).reshape(-1, 4).sum(-1)
     top2 = w.abs().reshape(-1, 4).sort(-1).values[:, 2:].sum(-1)
     assert torch.equal(kept, top2)
+
+
+def test_is_exact_24_against_a_group_by_group_count():
+    """``is_exact_24``: the mask keeps exactly 2 of every 4 and the weight has at most 2 non-zeros per 4, counted here
+    group by group in plain Python on fresh random patterns."""
+    from sparse24.masks import is_exact_24
+
+    g = torch.Generator().manual_seed(7)
+    seen = set()
+    for _ in range(200):
+        mask = torch.rand(3, 8, generator=g).reshape(3, 2, 4).argsort(-1).argsort(-1).lt(2).reshape(3, 8)  # 2:4
+        if torch.rand(1, generator=g) < 0.3:  # a group that keeps 1 or 3
+            i, j = int(torch.randint(3, (1,), generator=g)), int(torch.randint(8, (1,), generator=g))
+            mask[i, j] = ~mask[i, j]
+        w = torch.randn(3, 8, generator=g) * mask
+        if torch.rand(1, generator=g) < 0.3:  # a weight outside the mask
+            w[int(torch.randint(3, (1,), generator=g)), int(torch.randint(8, (1,), generator=g))] = 1.0
+        groups = [(mask[r, c : c + 4].tolist(), w[r, c : c + 4].tolist()) for r in range(3) for c in (0, 4)]
+        want = all(sum(m) == 2 for m, _ in groups) and all(sum(v != 0 for v in x) <= 2 for _, x in groups)
+        assert is_exact_24(w, mask) == want
+        seen.add(want)
+    assert seen == {True, False}
+    keep = torch.tensor([[True, False, True, False]])
+    assert is_exact_24(torch.tensor([[1.0, 0.0, 2.0, 0.0]]), keep)
