@@ -15,7 +15,7 @@ from typing import Any
 
 __all__ = ["atomic_write_text", "atomic_write_bytes", "atomic_write_json", "atomic_save_safetensors", "atomic_folder",
            "check_output_path", "file_fingerprint", "json_fingerprint", "clean_stale_temps", "copy_tokenizer_files",
-           "TOKENIZER_FILES"]
+           "TOKENIZER_FILES", "TOKENIZER_COMPANIONS"]
 
 
 def _tmp(path: Path) -> Path:
@@ -63,16 +63,17 @@ def atomic_save_safetensors(tensors: dict, path: str | os.PathLike, metadata: di
     return path
 
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-                   "vocab.json", "merges.txt", "vocab.txt", "tokenizer.model", "spiece.model", "chat_template.jinja",
-                   "chat_template.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")  # any: a tokenizer
+TOKENIZER_COMPANIONS = ("special_tokens_map.json", "added_tokens.json", "merges.txt", "vocab.txt", "spiece.model",
+                        "chat_template.jinja", "chat_template.json")  # belong to it when present
 
 
 def copy_tokenizer_files(src: str | os.PathLike, dst: str | os.PathLike) -> list[str]:
-    """Copy a model folder's tokenizer files (:data:`TOKENIZER_FILES`) into ``dst`` verbatim, each atomically; returns
-    the names copied. Cheaper than loading and re-saving the tokenizer, and nothing in them is re-serialised."""
+    """Copy a model folder's tokenizer files (:data:`TOKENIZER_FILES` and :data:`TOKENIZER_COMPANIONS`) into ``dst``
+    verbatim, each atomically; returns the names copied. Cheaper than loading and re-saving the tokenizer, and
+    nothing in them is re-serialised."""
     src, dst = Path(src), Path(dst)
-    names = [n for n in TOKENIZER_FILES if (src / n).is_file()]
+    names = [n for n in TOKENIZER_FILES + TOKENIZER_COMPANIONS if (src / n).is_file()]
     if not names:
         raise FileNotFoundError(f"{src} holds no tokenizer file ({', '.join(TOKENIZER_FILES[:3])}, ...); save the "
                                 "tokenizer next to the model (tokenizer.save_pretrained(folder))")

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from sparse24.fileio import TOKENIZER_FILES
 from sparse24.integrity import weight_files
 from sparse24.io import CONFIG_NAME, build_sparse_model, read_hf_config, read_hf_weights, read_sparse24_config
 
@@ -127,18 +128,15 @@ def _load_sparse24(folder: Path, *, backend: str = "auto", device: str | torch.d
 register_loader("sparse24", None, _load_sparse24)
 register_loader("hf", None, _load_hf)
 
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
-
-
 def _tokenizer_dir(folder: Path, record: dict[str, Any] | None) -> Path | None:
     """The folder's own tokenizer, else the local source model folder recorded in ``extra.model_dir``."""
-    if any((folder / n).is_file() for n in _TOKENIZER_FILES):
+    if any((folder / n).is_file() for n in TOKENIZER_FILES):
         return folder
     ref = ((record or {}).get("extra") or {}).get("model_dir")
     if ref is None:
         return None
     path = Path(str(ref)).expanduser()
-    if path.is_dir() and any((path / n).is_file() for n in _TOKENIZER_FILES):
+    if path.is_dir() and any((path / n).is_file() for n in TOKENIZER_FILES):
         return path
     hub = not path.is_absolute() and str(ref).count("/") == 1 and not str(ref).startswith(".")
     raise FileNotFoundError(

@@ -130,10 +130,10 @@ def test_output_tokenizer_is_the_sources_verbatim(runs):
     result's lazily loaded tokenizer encodes like the source's."""
     from transformers import AutoTokenizer
 
-    from sparse24.fileio import TOKENIZER_FILES
+    from sparse24.fileio import TOKENIZER_COMPANIONS, TOKENIZER_FILES
 
     src, out = runs["model_dir"], runs["full"].out
-    names = [n for n in TOKENIZER_FILES if (src / n).is_file()]
+    names = [n for n in TOKENIZER_FILES + TOKENIZER_COMPANIONS if (src / n).is_file()]
     assert "tokenizer.json" in names
     for n in names:
         assert (out / n).read_bytes() == (src / n).read_bytes(), n
