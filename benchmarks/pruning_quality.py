@@ -38,28 +38,40 @@ LLMC = ("llmc-sparsegpt", "llmc-wanda")  # llm-compressor 0.14 on the same calib
 DEFAULT = "admm"  # the default of `sparse24 prune`: ARMOR's start and the reference of the gap lines
 
 
-def armor_rows(budgets: list[float]) -> list[str]:
-    return [f"armor-{b:g}%" for b in budgets]
+EXTRA = ("armor", "lowrank")  # methods with extra parameters: one row per budget, `<method>-<B>%`
+
+
+def budget_rows(method: str, budgets: list[float]) -> list[str]:
+    return [f"{method}-{b:g}%" for b in budgets]
 
 
 def all_rows(args: argparse.Namespace) -> list[str]:
-    return ["dense", *ONESHOT, *armor_rows(args.armor_budgets), *LLMC]
+    extra = [r for m in EXTRA for r in budget_rows(m, getattr(args, f"{m}_budgets"))]
+    return ["dense", *ONESHOT, *extra, *LLMC]
+
+
+def overhead(row: dict) -> dict | None:
+    """``{"overhead": fraction, ...}`` of a row with extra parameters (ARMOR's A/B, lowrank's terms), else None."""
+    return row.get("extra_params") or row.get("armor_params")
 
 
 def prune(name: str, args: argparse.Namespace, out: Path) -> dict:
     """One sparse24 row: ``sparse24 prune`` in a child process; its record gives the layer-loop time and 2:4 check."""
-    method = "armor" if name.startswith("armor-") else name
+    method = name.rsplit("-", 1)[0] if name.endswith("%") else name
     cmd = [sys.executable, "-m", "sparse24", "prune", "--method", method, "--out", str(out), "--overwrite",
            "--nsamples", str(args.nsamples), "--seqlen", str(args.calib_seqlen), "--threads", str(args.threads),
            "--no-progress"]
+    if method in EXTRA:
+        cmd += [f"--{method}-budget", name.rsplit("-", 1)[1][:-1]]
     if method == "armor":
-        cmd += ["--armor-budget", name[len("armor-"):-1], "--armor-iters", str(args.armor_iters)]
+        cmd += ["--armor-iters", str(args.armor_iters)]
     load0 = E.loadavg()
     res = E.run_child(cmd, out.with_name(out.name + ".prune.log"))
     record = json.loads((out / "sparse24_config.json").read_text())["extra"]
     res.update(prune_s=record["prune_seconds"], check_24=record["check_24"], load_before=load0, load_after=E.loadavg())
-    if "armor" in record:
-        res["armor_params"] = record["armor"]["params"]
+    for m in EXTRA:
+        if m in record:
+            res["extra_params"] = record[m]["params"]
     return res
 
 
@@ -135,7 +147,7 @@ def _cells(name: str, r: dict, args: argparse.Namespace, tasks: list[str]) -> li
     for t in tasks:
         z = r.get("zeroshot", {}).get(t, {})
         cells.append((_acc(z, "acc") + (f" ({_acc(z, 'acc_norm')})" if "acc_norm" in z else "")) or "-")
-    over = r.get("armor_params")
+    over = overhead(r)
     cells += [str(r.get(k, "-")) for k in ("prune_s", "wall_s", "cpu_s", "peak_rss_mb")]
     cells += [r.get("check_24", "-"), f"+{100 * over['overhead']:.1f} %" if over else "0"]
     return cells
@@ -156,7 +168,8 @@ def _ppl(rows: dict, name: str, s: int) -> float:
 
 def gap_lines(rows: dict, args: argparse.Namespace) -> list[str]:
     """The issue's targets, computed from the rows: the default vs llm-compressor's SparseGPT, sparse24's SparseGPT vs
-    llm-compressor's (time, memory, perplexity), and the share of the default -> dense gap each ARMOR row closes."""
+    llm-compressor's (time, memory, perplexity), and the share of the default -> dense gap each row with extra
+    parameters (ARMOR, lowrank) closes."""
     out = []
     if {DEFAULT, "llmc-sparsegpt"} <= set(rows):
         for s in args.seqlens:
@@ -171,11 +184,11 @@ def gap_lines(rows: dict, args: argparse.Namespace) -> list[str]:
         out.append("- sparse24 SparseGPT / llm-compressor SparseGPT: " + ", ".join(
             f"{k.replace('_', ' ')} **{v:.2f}x**" for k, v in ratio.items()) + f"; perplexity {ppl}")
     if DEFAULT in rows and "dense" in rows:
-        for name in (n for n in rows if n.startswith("armor-")):
-            over = rows[name].get("armor_params", {}).get("overhead", float("nan"))
+        for name in (n for n in rows if overhead(rows[n])):
+            over = overhead(rows[name])["overhead"]
             for s in args.seqlens:
                 d, g, a = _ppl(rows, "dense", s), _ppl(rows, DEFAULT, s), _ppl(rows, name, s)
-                out.append(f"- {name} (+{100 * over:.1f} % params), seqlen {s}: ({DEFAULT} {g:.2f} − ARMOR {a:.2f}) / "
+                out.append(f"- {name} (+{100 * over:.1f} % params), seqlen {s}: ({DEFAULT} {g:.2f} − {name} {a:.2f}) / "
                            f"({DEFAULT} {g:.2f} − dense {d:.2f}) = **{100 * (g - a) / (g - d):.1f} %** of the gap "
                            "closed")
     return out
@@ -202,6 +215,9 @@ def write_report(rows: dict, args: argparse.Namespace, meta: dict) -> None:
         f"- **ARMOR** rows: `--method armor --armor-budget <B> --armor-iters {args.armor_iters}` (started from "
         f"{DEFAULT}'s result; the budget picks the block size on SmolLM2's small dims). The extra-params column is "
         "the A/B factors as a share of the dense model's parameters (embeddings included).",
+        "- **lowrank** rows: `--method lowrank --lowrank-budget <B>` (admm's 2:4 layer plus a rank-r term fitted "
+        "jointly with it; the budget picks the rank, equal to ARMOR's block size at the same budget, so the two "
+        "rows at one budget have the same number of extra parameters).",
         f"- **Perplexity**: `{args.text}` (unique BoolQ validation passages), non-overlapping windows, the first {ppl} "
         "(the same windows for every row), all evaluated with `sparse24 eval`.",
         f"- **Zero-shot**: lm-eval on the shipped task files, the first {args.limit or 'all'} documents per task, "
@@ -217,8 +233,8 @@ def write_report(rows: dict, args: argparse.Namespace, meta: dict) -> None:
 
 
 def plot(rows: dict, seqlens: list[int]) -> Path:
-    """Perplexity bars per row and seqlen; ARMOR rows carry their extra A/B parameters under the bar (they are not
-    a plain 2:4 model: a fair comparison needs the size next to the quality); llm-compressor's rows in grey."""
+    """Perplexity bars per row and seqlen; rows with extra parameters (ARMOR, lowrank) carry them under the bar (they
+    are not a plain 2:4 model: a fair comparison needs the size next to the quality); llm-compressor's rows in grey."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -234,18 +250,19 @@ def plot(rows: dict, seqlens: list[int]) -> Path:
         ax.bar_label(bars, fmt="%.1f", fontsize=7)
 
     def label(name: str) -> str:
-        over = rows[name].get("armor_params")
+        over = overhead(rows[name])
         if not over:
             return name.replace("llmc-", "llm-compressor\n")
-        return f"{name}\n+{100 * over['overhead']:.1f} % params\n({over['armor_params'] / 1e6:.1f} M A/B)"
+        count = over.get("armor_params", over.get("extra_params", 0))
+        return f"{name}\n+{100 * over['overhead']:.1f} % params\n({count / 1e6:.1f} M extra)"
 
     ax.set_xticks(range(len(names)), [label(n) for n in names], fontsize=7)
     for tick, name in zip(ax.get_xticklabels(), names):
-        tick.set_color("tab:red" if rows[name].get("armor_params") else "grey" if name in LLMC else "black")
+        tick.set_color("tab:red" if overhead(rows[name]) else "grey" if name in LLMC else "black")
     ax.set_yscale("log"), ax.set_ylabel("BoolQ-text perplexity (log scale)"), ax.legend(fontsize=8)
-    ax.set_title("SmolLM2-135M, 2:4 one-shot pruning (lower is better). ARMOR (red) stores extra block-diagonal A/B "
-                 "parameters\non top of the 2:4 core: its size cost is under its bars; llm-compressor 0.14 in grey",
-                 fontsize=9)
+    ax.set_title("SmolLM2-135M, 2:4 one-shot pruning (lower is better). Rows in red store extra parameters on top "
+                 "of the 2:4 core\n(ARMOR: block-diagonal A/B; lowrank: a rank-r term); their size cost is under "
+                 "their bars; llm-compressor 0.14 in grey", fontsize=9)
     fig.tight_layout()
     path = RESULTS / "pruning_quality.png"
     fig.savefig(path, dpi=120)
@@ -272,6 +289,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=100, help="documents per task, 0: all (default 100)")
     p.add_argument("--armor-budgets", type=float, nargs="*", default=[2, 5, 10],
                    help="ARMOR rows: extra-parameter budgets in %% of the model (default 2 5 10)")
+    p.add_argument("--lowrank-budgets", type=float, nargs="*", default=[2, 5, 10],
+                   help="lowrank rows (2:4 + a rank-r term): extra-parameter budgets in %% (default 2 5 10)")
     p.add_argument("--armor-iters", type=int, default=8, help="ARMOR iterations per linear (default 8: ~6 CPU min "
                    "on top of admm's ~9)")
     p.add_argument("--rows", nargs="+", default=None, help="only these rows (default: dense, " + ", ".join(ONESHOT)
@@ -313,7 +332,8 @@ def main() -> None:
     done = args.work / "rows"
     done.mkdir(parents=True, exist_ok=True)
     key = {k: v for k, v in meta["protocol"].items() if k not in ("rows", "work", "reuse", "tasks", "limit", "notes",
-                                                               "zs_rows", "armor_budgets", "llmc_venv")}
+                                                               "zs_rows", "armor_budgets", "lowrank_budgets",
+                                                               "llmc_venv")}
     saved = args.work / "protocol.json"
     if saved.is_file() and json.loads(saved.read_text()) != key:
         raise SystemExit(f"{args.work} holds rows of another protocol; delete it or pass another --work")

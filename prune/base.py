@@ -201,6 +201,7 @@ def _load_builtin() -> None:
     from sparse24.prune import (  # noqa: F401  (registration side effect)
         admm,
         armor_pruner,
+        lowrank,
         magnitude,
         refit,
         sparsegpt,
