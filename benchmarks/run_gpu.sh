@@ -43,10 +43,10 @@ stage() {  # stage NAME CAP_S CMD...: at most min(CAP_S, budget left) seconds; a
 echo "== install check"
 if ! $PY -c "import sparse24.kernels.backends" 2>/dev/null; then
   $PY -m pip install -q --no-build-isolation --no-deps -e . || echo "pip install -e . failed"
-fi
-if ! $PY -c "import sparse24.kernels.backends"; then
-  echo "FATAL: 'import sparse24.kernels.backends' fails; install the checkout (pip install --no-build-isolation -e .)"
-  exit 2
+  if ! $PY -c "import sparse24.kernels.backends"; then  # checked again only after an install (~1 s a check)
+    echo "FATAL: 'import sparse24.kernels.backends' fails; install the checkout (pip install --no-build-isolation -e .)"
+    exit 2
+  fi
 fi
 
 if ((SMOKE)); then

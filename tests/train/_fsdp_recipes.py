@@ -2,8 +2,10 @@
 one process group, checkpointing every 2 steps; per run the main process dumps the whole (gathered) state, the
 telemetry rows and the exported HF folder; every rank dumps its mask buffers.
 
-usage: python _fsdp_recipes.py OUT GRAD_ACCUM [--only NAME] [--slow-after N]
+usage: python _fsdp_recipes.py OUT GRAD_ACCUM [--only NAME] [--slow-after N] [--cut DIR]
 (``accelerate launch --config_file train/accelerate/fsdp2.yaml`` runs the same file on two processes.)
+``--cut DIR`` first continues the killed MVUE run in ``DIR`` (``resume="auto"``, as the first run of the process),
+then trains OUT's runs: one launch instead of two.
 """
 
 from __future__ import annotations
@@ -43,8 +45,8 @@ def main() -> None:
     out, ga = Path(sys.argv[1]), int(sys.argv[2])
     names = [sys.argv[sys.argv.index("--only") + 1]] if "--only" in sys.argv else [*list_recipes(), MVUE_RUN]
     slow_after = int(sys.argv[sys.argv.index("--slow-after") + 1]) if "--slow-after" in sys.argv else None
-    for name in names:
-        run = out / name
+    cut = [(MVUE_RUN, Path(sys.argv[sys.argv.index("--cut") + 1]) / MVUE_RUN)] if "--cut" in sys.argv else []
+    for name, run in [*cut, *((name, out / name) for name in names)]:
         trainer, tokens = make_trainer(recipe_for(name), model="llama-tiny", data="shipped", tokenizer="byte",
                                        steps=STEPS, batch_size=2, seq_len=32, grad_accum=ga, eval_batches=1,
                                        ckpt_every=2, keep_checkpoints=0, out_dir=run, progress=False)

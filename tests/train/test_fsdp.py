@@ -1,7 +1,8 @@
 """FSDP2 (``fully_shard``: every weight sharded by output rows) on two CPU processes over gloo, launched as a user
 would: ``accelerate launch --config_file train/accelerate/fsdp2.yaml``. One module fixture starts, at once, every
-recipe under FSDP2, every recipe on one process with the same seed and global batch (twice the micro-batches), and
-an FSDP2 run that the test kills with SIGKILL and resumes.
+recipe on one process with the same seed and global batch (twice the micro-batches) and an FSDP2 run that the test
+kills with SIGKILL; then one FSDP2 launch resumes the killed run (the first run of its processes) and trains every
+recipe (two launches, not three: each costs seconds of start-up on two cores).
 
 - without MVUE, FSDP2 and one process reach the same weights and S-STE β (float tolerance: gradients are summed in
   another order), exactly the same masks and flip rates, and the same exported HF folder;
@@ -33,7 +34,8 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("accelerate") is None, 
 
 
 def _launch(tmp: Path, out: Path, fsdp: bool, port: int, *extra: str) -> subprocess.Popen:
-    env = {**os.environ, "SPARSE24_CACHE": str(tmp / "cache"), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    env = {**os.environ, "SPARSE24_CACHE": str(tmp / f"cache-{out.name}"), "OMP_NUM_THREADS": "1",
+           "CUDA_VISIBLE_DEVICES": ""}  # a cache per launch: launches that overlap never build one cache together
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIG),
                 "--num_processes", "2", "--main_process_port", str(port)] if fsdp else [sys.executable]
     cmd = [*launcher, str(SCRIPT), str(out), "2" if fsdp else "4", *extra]  # same global batch
@@ -49,8 +51,8 @@ def _wait(proc: subprocess.Popen) -> None:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fsdp")
-    fsdp, single, cut = _launch(tmp, tmp / "fsdp", True, 29541), _launch(tmp, tmp / "single", False, 0), \
-        _launch(tmp, tmp / "cut", True, 29542, "--only", "srste_mvue", "--slow-after", "3")
+    single = _launch(tmp, tmp / "single", False, 0)
+    cut = _launch(tmp, tmp / "cut", True, 29542, "--only", "srste_mvue", "--slow-after", "3")
     deadline = time.time() + 240
     for line in cut.stdout:  # killed once step 3 is done: step-000002 is on disk, step-000004 is not
         if line.startswith("step=3") or time.time() > deadline:
@@ -59,8 +61,7 @@ def runs(tmp_path_factory):
     cut.wait(timeout=60)
     killed = {"final": (tmp / "cut" / "srste_mvue" / "final").exists(),
               "ckpt": (tmp / "cut" / "srste_mvue" / "step-000002").is_dir()}
-    _wait(_launch(tmp, tmp / "cut", True, 29542, "--only", "srste_mvue"))
-    _wait(fsdp)
+    _wait(_launch(tmp, tmp / "fsdp", True, 29541, "--cut", str(tmp / "cut")))  # resumes cut/, then every recipe
     _wait(single)
     return tmp, killed
 
