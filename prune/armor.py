@@ -139,25 +139,23 @@ def resolve_block_size(block_size: int | str, out_features: int, in_features: in
     return bs
 
 
-def block_size_for_budget(model_params: int, shapes: Sequence[tuple[int, int]], percent: float,
-                          what: str = "--armor-budget") -> int:
+def block_size_for_budget(model_params: int, shapes: Sequence[tuple[int, int]], percent: float) -> int:
     """The largest block size (a multiple of 4 dividing every ``(out, in)`` of ``shapes``) whose A/B parameters,
-    ``block·Σ(in+out)``, are at most ``percent`` % of ``model_params`` (also the low-rank method's rank rule, whose
-    ``rank·Σ(in+out)`` counts the same; ``what`` names the flag in errors)."""
+    ``block·Σ(in+out)``, are at most ``percent`` % of ``model_params``."""
     if not shapes:
-        raise ValueError(f"{what}: no linear is pruned, so there is nothing to size")
+        raise ValueError("--armor-budget: no linear is pruned, so there is nothing to size")
     dims = sorted({d for s in shapes for d in s})
     per_block = sum(o + i for o, i in shapes)  # extra parameters per unit of block size
     fits = [bs for bs in range(4, min(dims) + 1, 4) if all(d % bs == 0 for d in dims)]
     allowed = percent / 100 * model_params
     ok = [bs for bs in fits if bs * per_block <= allowed]
     if not fits:  # cannot happen while every dim is a multiple of 4 (the driver checks in_features)
-        raise ValueError(f"{what}: no multiple of 4 divides all pruned dims {dims}; keep the odd linears dense "
+        raise ValueError(f"--armor-budget: no multiple of 4 divides all pruned dims {dims}; keep the odd linears dense "
                          "(--ignore)")
     if not ok:
         need = 100 * fits[0] * per_block / model_params
-        raise ValueError(f"{what} {percent}: even the smallest block size, {fits[0]}, adds {need:.2f} % "
-                         f"parameters; raise {what} to at least that, or keep some linears dense (--ignore)")
+        raise ValueError(f"--armor-budget {percent}: even the smallest block size, {fits[0]}, adds {need:.2f} % "
+                         "parameters; raise --armor-budget to at least that, or keep some linears dense (--ignore)")
     return max(ok)
 
 

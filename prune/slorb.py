@@ -3,7 +3,8 @@
 ``Y = X (W⊙M)ᵀ + (X Pᵀ) Sᵀ`` with ``P ∈ R^{(d/k)×d}`` summing each group of ``k`` consecutive inputs (ones at columns
 ``[r·k, (r+1)·k)`` of row ``r``; optionally trainable) and ``S ∈ R^{N×(d/k)}`` initialised from the weights the mask
 removed: ``S[i, r] = (1/k) Σ_{l∈r} W[i, l]·(1−M[i, l])`` ("mean"; or "sum", "zero", "xavier"). Rank ≤ d/k, extra
-parameters ``N·d/k`` (+ ``d²/k`` with a trainable P).
+parameters ``N·d/k`` (+ ``d²/k`` with a trainable P). With ``rank=r`` instead of a group size, ``P`` [r, in] and ``S``
+[out, r] are a free rank-r term set by the caller (``--method lowrank`` fits them), ``r·(N+d)`` parameters.
 
 On disk (:func:`save_slorb_model`): the 2:4 part is a normal sparse24 folder (:func:`sparse24.save_sparse`); S and P go
 to ``slorb.safetensors``, listed under ``extra["slorb"]`` in ``sparse24_config.json`` (``loader: "slorb"``). Plain
@@ -60,18 +61,25 @@ def slorb_init(weight: Tensor, mask: Tensor, k: int, init: str = "mean") -> Tens
 class SLoRBLinear(nn.Module):
     """A :class:`~sparse24.SparseLinear` (kept as ``.sparse``, same mask refresh and decay) plus ``(X Pᵀ) Sᵀ``."""
 
-    def __init__(self, sparse: SparseLinear, group_size: int = 16, init: str = "mean",
-                 trainable_projection: bool = True) -> None:
+    def __init__(self, sparse: SparseLinear, group_size: int | None = 16, init: str = "mean",
+                 trainable_projection: bool = True, rank: int | None = None) -> None:
         super().__init__()
         if not isinstance(sparse, SparseLinear):
             raise TypeError(f"SLoRBLinear wraps a sparse24.SparseLinear, got {type(sparse).__name__}")
         d = sparse.in_features
-        if group_size <= 0 or d % group_size:
+        self.sparse, self.in_features, self.out_features = sparse, d, sparse.out_features
+        w = sparse.weight.detach()
+        if rank is not None:  # a free rank-r term: P [rank, in] and S [out, rank], zeros until the caller sets them
+            if rank < 1:
+                raise ValueError(f"SLoRB rank {rank}: must be >= 1")
+            self.group_size, self.rank = None, rank
+            self.S = nn.Parameter(torch.zeros(self.out_features, rank, dtype=w.dtype, device=w.device))
+            self.P = nn.Parameter(torch.zeros(rank, d, dtype=w.dtype, device=w.device))
+            return
+        if group_size is None or group_size <= 0 or d % group_size:
             raise ValueError(f"SLoRB group size {group_size} must divide in_features={d}; pick a divisor "
                              "(e.g. 16) or turn SLoRB off")
-        self.sparse, self.group_size = sparse, group_size
-        self.in_features, self.out_features = d, sparse.out_features
-        w = sparse.weight.detach()
+        self.group_size, self.rank = group_size, d // group_size
         self.S = nn.Parameter(slorb_init(w, sparse.mask, group_size, init))  # [out, in/k]
         self.P = None
         if trainable_projection:
@@ -104,8 +112,7 @@ class SLoRBLinear(nn.Module):
         return self.sparse.sparse_weight() + self.S @ p  # [out, in]
 
     def extra_repr(self) -> str:
-        return f"group_size={self.group_size}, rank={self.in_features // self.group_size}, " \
-               f"trainable_projection={self.P is not None}"
+        return f"group_size={self.group_size}, rank={self.rank}, trainable_projection={self.P is not None}"
 
 
 def slorb_modules(model: nn.Module) -> Iterator[tuple[str, SLoRBLinear]]:
@@ -159,8 +166,8 @@ def slorb_record(model: nn.Module) -> dict[str, Any] | None:
         return None
     ks = {m.group_size for m in mods.values()}
     return {"file": SLORB_FILE, "group_size": ks.pop() if len(ks) == 1 else None,
-            "modules": {n: {"group_size": m.group_size, "trainable_projection": m.P is not None}
-                        for n, m in mods.items()},
+            "modules": {n: {"group_size": m.group_size, "trainable_projection": m.P is not None,
+                            **({"rank": m.rank} if m.group_size is None else {})} for n, m in mods.items()},
             "note": "plain transformers loads only the 2:4 part (no SLoRB term); use sparse24.load(folder)"}
 
 
@@ -198,7 +205,7 @@ def attach_slorb(model: nn.Module, folder: str | os.PathLike, record: dict[str, 
         if not isinstance(present.get(fqn), SparseLinear):
             raise ValueError(f"{folder}: SLoRB module {fqn} is not a 2:4 module of the loaded model")
         sparse = present[fqn]
-        wrapper = SLoRBLinear(sparse, info["group_size"], "zero", info["trainable_projection"])
+        wrapper = SLoRBLinear(sparse, info["group_size"], "zero", info["trainable_projection"], rank=info.get("rank"))
         want = {"S": wrapper.S} | ({"P": wrapper.P} if wrapper.P is not None else {})
         for leaf, param in want.items():
             t = tensors.get(f"{fqn}.{leaf}")
