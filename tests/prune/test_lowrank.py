@@ -41,30 +41,29 @@ def test_whiten_and_best_low_rank_match_eckart_young():
         assert got < float(layer_error(e, 0.01 * rand, hd).sum())
 
 
-def test_lowrank_layer_never_worse_than_its_start():
-    w, h = _problem(2)
-    st = LayerStats(8, 256, sqnorm=torch.diagonal(h) / 2, hessian=h)
-    start = get_pruner("admm").prune(w.float(), st)
+def _fit(seed: int, rank: int, rounds: int):
+    """(W, admm's result, admm's factorised Hessian, lowrank's fit from that result) on a fresh problem."""
+    w, h = _problem(seed)
+    start = get_pruner("admm").prune(w.float(), LayerStats(8, 256, sqnorm=torch.diagonal(h) / 2, hessian=h))
     f = Factorised(h, 0.01)
-    fit = lowrank_layer(w, f.h, f, start.weight, start.mask, LowRankArgs(rank=4, rounds=3), 4)
+    return w, start, f, lowrank_layer(w, f.h, f, start.weight, start.mask, LowRankArgs(rank=rank, rounds=rounds), rank)
+
+
+def test_lowrank_layer_never_worse_than_its_start():
+    w, start, f, fit = _fit(2, 4, 3)
     assert all(b <= a for a, b in zip(fit.history, fit.history[1:]))  # every kept round lowers the objective
     assert fit.history[-1] < fit.history[0]
     start_err = float(layer_error(w, start.weight, f.h).sum())
     assert fit.history[0] == pytest.approx(start_err, rel=1e-6)
     assert float(layer_error(w, fit.weight, f.h).sum()) == pytest.approx(fit.history[-1], rel=1e-9)
-    assert ((fit.mask.reshape(-1, 4).sum(-1)) == 2).all() and torch.equal(fit.core != 0, fit.mask & (fit.core != 0))
-    assert (fit.core[~fit.mask] == 0).all()
+    assert ((fit.mask.reshape(-1, 4).sum(-1)) == 2).all() and (fit.core[~fit.mask] == 0).all()  # exactly 2:4
     # given the core, the low-rank term is the best rank-4 one (Eckart-Young on the final residual, independently)
     sv = torch.linalg.svdvals((w - fit.core) @ torch.linalg.cholesky(f.h))
     assert fit.history[-1] == pytest.approx(float(sv[4:].square().sum()), rel=1e-9)
 
 
 def test_lowrank_rounds_zero_is_start_plus_best_rank_r_term():
-    w, h = _problem(3)
-    st = LayerStats(8, 256, sqnorm=torch.diagonal(h) / 2, hessian=h)
-    start = get_pruner("admm").prune(w.float(), st)
-    f = Factorised(h, 0.01)
-    fit = lowrank_layer(w, f.h, f, start.weight, start.mask, LowRankArgs(rank=2, rounds=0), 2)
+    w, start, f, fit = _fit(3, 2, 0)
     assert torch.equal(fit.mask, start.mask) and torch.equal(fit.core, start.weight.double())
     sv = torch.linalg.svdvals((w - start.weight.double()) @ torch.linalg.cholesky(f.h))
     assert fit.history[-1] == pytest.approx(float(sv[2:].square().sum()), rel=1e-9)
