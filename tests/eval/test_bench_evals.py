@@ -94,11 +94,16 @@ def test_pruning_table_targets_follow_the_rows():
 
     rnd = random.Random()
     ppl = {n: rnd.uniform(lo, hi) for n, lo, hi in (("dense", 15, 20), ("admm", 50, 70), ("armor-5%", 30, 50),
-                                                     ("sparsegpt", 70, 90), ("llmc-sparsegpt", 70, 90))}
+                                                     ("lowrank-5%", 30, 50), ("sparsegpt", 70, 90),
+                                                     ("llmc-sparsegpt", 70, 90))}
     rows = {n: {"ppl@512": {"ppl": p}, "prune_s": rnd.uniform(10, 99), "peak_rss_mb": rnd.uniform(900, 2000)}
             for n, p in ppl.items()}
-    rows["armor-5%"]["armor_params"] = {"overhead": 0.036, "armor_params": 4.8e6}
+    rows["armor-5%"]["armor_params"] = {"overhead": 0.036, "armor_params": 4.8e6}  # the old rows' key
+    rows["lowrank-5%"]["extra_params"] = {"overhead": 0.0499, "extra_params": 6.7e6}
     lines = "\n".join(Q.gap_lines(rows, argparse.Namespace(seqlens=[512])))
+    low = 100 * (ppl["admm"] - ppl["lowrank-5%"]) / (ppl["admm"] - ppl["dense"])
+    assert f"- lowrank-5% (+5.0 % params), seqlen 512: (admm {ppl['admm']:.2f} − lowrank-5% " in lines
+    assert f"**{low:.1f} %** of the gap" in lines
     assert f"**{100 * (ppl['admm'] / ppl['llmc-sparsegpt'] - 1):+.1f} %**" in lines
     gap = 100 * (ppl["admm"] - ppl["armor-5%"]) / (ppl["admm"] - ppl["dense"])
     assert f"**{gap:.1f} %** of the gap" in lines and "+3.6 % params" in lines
