@@ -53,11 +53,11 @@ Methods (--method list prints them with the data each needs):
              block size that fits 5 % of the model (SmolLM2: block 16, +3.6 %). The folder holds the dense
              equivalent (plain transformers loads it) plus armor.safetensors (packed cores and blocks), which sparse24
              eval loads as ArmorLinear modules. Its iterations are the cost, on top of the init method's.
-  lowrank    W ~ S + U*P: admm's 2:4 layer plus a rank-r term, fitted jointly (the best rank-r term under the layer
-             Hessian, then a new 2:4 mask and refit of S for W - U*P, --lowrank-rounds times, keeping only rounds that
-             lower the layer error): never worse than admm per layer. Adds rank*(in+out) parameters per linear;
-             --lowrank-budget 5 picks the rank (SmolLM2: 16, +3.6 %, as many parameters as ARMOR's block 16). Saved
-             in the SLoRB layout: plain transformers loads only the 2:4 part, sparse24 eval/load the whole model.
+  lowrank    W ~ Z + S*P: admm's 2:4 layer Z plus a rank-r term S*P, fitted jointly (the best rank-r term under the
+             layer Hessian, then a new 2:4 mask and refit of Z for W - S*P, --lowrank-rounds times, keeping only
+             rounds that lower the layer error): never worse than admm per layer. Adds rank*(in+out) parameters per
+             linear; --lowrank-budget 5 picks the rank (SmolLM2: 22, +5.0 %). Saved in the SLoRB layout: plain
+             transformers loads only the 2:4 part, sparse24 eval/load the whole model.
 """
 
 DEFAULT_METHOD = "admm"  # the best one-shot method without extra parameters (benchmarks/results/oneshot_quality.md)
@@ -70,7 +70,7 @@ EPILOG = """examples:
   sparse24 prune --method magnitude --ignore '*.down_proj' --out pruned/mag
   sparse24 prune --method armor --quick --armor-budget 5   # ARMOR from admm, <= 5 % extra parameters
   sparse24 prune --method armor --armor-init sparsegpt --block-size 32 --armor-iters 50 --out armor
-  sparse24 prune --method lowrank --quick --lowrank-budget 5 --eval   # 2:4 + rank 16, <= 5 % extra parameters
+  sparse24 prune --method lowrank --quick --lowrank-budget 5 --eval   # 2:4 + rank 22, <= 5 % extra parameters
 """
 
 

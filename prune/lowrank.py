@@ -1,10 +1,11 @@
-"""Sparse plus low-rank (``--method lowrank``): ``W ≈ S + U·P`` with ``S`` 2:4 and a rank-``r`` term, fitted jointly.
+"""Sparse plus low-rank (``--method lowrank``): ``W ≈ Z + S·P`` with ``Z`` 2:4 and a rank-``r`` term ``S·P``, fitted
+jointly.
 
-The extra parameters go where the 2:4 error is largest *in the layer's output*: for a fixed ``S`` the best rank-``r``
-``L`` under the layer objective ``‖(W − S − L) C‖²`` (``C Cᵀ = H + λI``, the damped input Hessian) is the truncated
-SVD of ``(W − S) C`` mapped back by ``C⁻¹`` (Eckart-Young in the whitened basis; EoRA's eigenspace idea, OATS'
-alternation with an activation-aware metric, here with the full Hessian). For a fixed ``L`` the best 2:4 ``S`` is a
-one-shot problem on the target ``W − L``, solved as ``admm`` solves it (ADMM mask search, then the exact per-row
+The extra parameters go where the 2:4 error is largest *in the layer's output*: for a fixed ``Z`` the best rank-``r``
+``L = S·P`` under the layer objective ``‖(W − Z − L) C‖²`` (``C Cᵀ = H + λI``, the damped input Hessian) is the
+truncated SVD of ``(W − Z) C`` mapped back by ``C⁻¹`` (Eckart-Young in the whitened basis; EoRA's eigenspace idea,
+OATS' alternation with an activation-aware metric, here with the full Hessian). For a fixed ``L`` the best 2:4 ``Z`` is
+a one-shot problem on the target ``W − L``, solved as ``admm`` solves it (ADMM mask search, then the exact per-row
 refit). A run starts from the ``admm`` layer (``L = 0``: the one-shot result itself) and alternates ``--lowrank-rounds``
 times; a round is kept only if it lowers the objective, so the result is never worse than ``admm`` on the layer.
 ``W`` is ``admm``'s fit target (with ``--admm-dense-target`` it mixes in the dense model's outputs).
@@ -126,7 +127,7 @@ class LowRankPruner(Pruner):
     name: ClassVar[str] = "lowrank"
     stats: ClassVar[str] = "hessian"
     sequential: ClassVar[bool] = True
-    summary: ClassVar[str] = ("W ≈ S + U·P: 2:4 S (admm's mask search + refit) alternating with the best rank-r term "
+    summary: ClassVar[str] = ("W ≈ Z + S·P: 2:4 Z (admm's mask search + refit) alternating with the best rank-r S·P "
                               "under the layer Hessian; never worse than admm (adds rank*(in+out) params)")
     Args: ClassVar[type] = LowRankArgs
     extra_tensors: ClassVar[tuple[str, ...]] = LEAVES
