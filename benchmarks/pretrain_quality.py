@@ -63,6 +63,7 @@ class Plan:
     sweep_steps: int
     lambdas: tuple[float, ...]
     device: str = "cpu"
+    data: str = "olmo"  # smoke: the first documents of every source ("olmo:N", sparse24.train.data)
 
     @property
     def tokens(self) -> int:
@@ -74,7 +75,8 @@ SCALES = {
                 (0.0, 6e-5, 2e-4, 6e-4, 2e-3)),
     "cuda": Plan("gpt2-124m", 600, 32, 512, 6e-4, 0.05, 100, 8, 200, "bf16", (0,), 1, 8, 150,
                  (0.0, 6e-5, 2e-4, 6e-4), device="cuda"),
-    "smoke": Plan("llama-tiny", 8, 2, 32, 1e-3, 0.25, 4, 2, 4, "no", (0, 1), 1, 1, 4, (0.0, 2e-4)),
+    "smoke": Plan("llama-tiny", 8, 2, 32, 1e-3, 0.25, 4, 2, 4, "no", (0, 1), 1, 1, 4, (0.0, 2e-4),
+                  data="olmo:50"),
 }
 
 
@@ -93,7 +95,7 @@ def sweep_one(lam: float, plan: Plan, runs: Path) -> dict[str, float]:
     if path.is_file():
         return json.loads(path.read_text())
     warmup = min(0.99, plan.warmup * plan.steps / plan.sweep_steps)  # the full run's warm-up steps
-    row = sweep_decay([lam], plan.sweep_steps, SWEPT, every=DRIFT_EVERY, model=plan.model, data="olmo",
+    row = sweep_decay([lam], plan.sweep_steps, SWEPT, every=DRIFT_EVERY, model=plan.model, data=plan.data,
                       tokenizer="bpe", batch_size=plan.batch_size, seq_len=plan.seq_len, lr=plan.lr,
                       min_lr=plan.lr / 10, warmup=warmup, eval_batches=plan.eval_batches, seed=plan.seeds[0],
                       precision=plan.precision)[0]
@@ -145,7 +147,7 @@ def run_one(name: str, seed: int, plan: Plan, runs: Path, decay: float | None) -
     out = runs / name / f"seed{seed}"
     if (out / "done.json").is_file():
         return json.loads((out / "done.json").read_text())
-    trainer, _ = make_trainer(recipe_for(name, decay), model=plan.model, data="olmo", tokenizer="bpe",
+    trainer, _ = make_trainer(recipe_for(name, decay), model=plan.model, data=plan.data, tokenizer="bpe",
                               steps=plan.steps, batch_size=plan.batch_size, seq_len=plan.seq_len, lr=plan.lr,
                               min_lr=plan.lr / 10, warmup=plan.warmup, eval_every=plan.eval_every,
                               eval_batches=plan.eval_batches, ckpt_every=plan.ckpt_every, out_dir=out, seed=seed,
@@ -479,7 +481,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cpu: the llama-mini table (default); "
                    "cuda: GPT-2 small at 9.8 M tokens per recipe")
     p.add_argument("--scale", choices=sorted(SCALES), help="a preset other than the --device one (smoke: a few "
-                   "steps of llama-tiny, to check the script)")
+                   "steps of llama-tiny on the first 50 documents of each corpus source, to check the script)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (the default of --device cuda)")
     p.add_argument("--recipes", nargs="+", default=list(RECIPES),
                    help=f"recipes (and variants: {', '.join(VARIANTS)}); optional: {', '.join(OPTIONAL)}")

@@ -34,6 +34,16 @@ def pytest_runtest_makereport(item, call):
 
 
 @pytest.fixture
+def one_thread():
+    """torch on one CPU thread for this test, the old count restored after: on tiny shapes a second thread only adds
+    synchronisation, and on a loaded machine (CI, a benchmark beside the suite) waiting for it can cost 10x."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture
 def device() -> str:
     """'cuda' when a GPU is present (and not interpreting), else 'cpu'."""
     return "cuda" if torch.cuda.is_available() and not is_interpreter() else "cpu"

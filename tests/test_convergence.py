@@ -9,6 +9,8 @@ from sparse24 import MagnitudeConfig, SRSTEConfig, SSTEConfig, is_24, sparse_mod
 from sparse24.demo import demo_trainer
 from sparse24.texts import byte_tokens, shipped_text
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # a 2-layer d=64 model: one thread is the fast setting
+
 
 @pytest.mark.parametrize(
     "config",

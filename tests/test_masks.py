@@ -155,15 +155,17 @@ def test_sste_scale_is_float64_least_squares():
 def test_mvue_is_unbiased_and_keeps_with_the_stated_probabilities():
     x = torch.randn(4, 8, dtype=torch.float64)
     x[0, :4] = torch.tensor([0.0, 0.0, 1e-3, 5.0])  # near-zero entries, a dominant one
-    n = 20000
+    calls, copies = 100, 200  # 20000 draws: copies within a call, and successive calls on one generator
+    n = calls * copies
     gen = torch.Generator().manual_seed(torch.randint(0, 2**31, ()).item())
-    draws = torch.stack([mvue_24(x, gen) for _ in range(n)])  # [n, 4, 8]
+    draws = torch.cat([mvue_24(x.expand(copies, *x.shape).contiguous(), gen) for _ in range(calls)])  # [n, 4, 8]
     assert ((draws != 0).reshape(n, -1, 4).sum(-1) <= 2).all()
-    # mean within 5 standard errors of x (standard error from the sample)
-    se = draws.std(0) / n**0.5
+    # mean within 5 standard errors of x: a draw is x/p with probability p, else 0, so its standard deviation is
+    # |x|·sqrt((1-p)/p) (from the stated p, not the sample: an entry kept in every draw has a sample std of 0)
+    p = mvue_inclusion_probs(x)
+    se = torch.where(p > 0, x.abs() * ((1 - p) / (p.clamp_min(1e-300) * n)).sqrt(), torch.zeros_like(x))
     assert ((draws.mean(0) - x).abs() <= 5 * se + 1e-9 * x.abs()).all()
     # keep frequencies vs inclusion probabilities (binomial 5-sigma band)
-    p = mvue_inclusion_probs(x)
     freq = (draws != 0).double().mean(0)
     nz = x != 0
     assert ((freq - p).abs()[nz] <= 5 * (p * (1 - p) / n).sqrt()[nz] + 1e-3).all()

@@ -112,13 +112,19 @@ def eval_shingles() -> set[int]:
     return spans
 
 
-def olmo_documents(sources: tuple[str, ...] = TRAIN_SOURCES) -> tuple[list[str], dict[str, int]]:
-    """Deduplicated training documents and how many each source gave (``dropped_overlap``: removed by the guard)."""
+def olmo_documents(sources: tuple[str, ...] = TRAIN_SOURCES,
+                   per_source: int | None = None) -> tuple[list[str], dict[str, int]]:
+    """Deduplicated training documents and how many each source gave (``dropped_overlap``: removed by the guard).
+
+    ``per_source``: stop each source after this many kept documents (a quick slice for smoke runs: every reader and
+    the guard still run, the guard against all of the evaluation text); None (default) reads everything."""
     banned = eval_shingles()
     docs, seen, counts = [], set(), {"dropped_overlap": 0}
     for name in sources:
         counts[name] = 0
         for text in _source(name):
+            if per_source is not None and counts[name] >= per_source:
+                break
             text = (text or "").strip()
             if len(text) < 40 or text in seen:
                 continue

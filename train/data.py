@@ -1,11 +1,12 @@
 """Token streams for pretraining: build once, cache, sample deterministic batches by position.
 
-Sources: ``olmo`` (the English corpus of :mod:`sparse24.train.corpus`), ``shipped`` (the small text in
-``sparse24/data``, for tests and demos), or a path: a ``.txt`` file, a ``.jsonl`` file (``"text"`` field), a folder of
-those, or an HF ``datasets`` folder (``save_to_disk``, a ``text`` column). Tokenizers: ``bpe`` (a GPT-2-style byte-level
-BPE trained on the training split with the ``tokenizers`` library, saved with the cache), ``byte`` (256 byte tokens)
-or a path to a ``tokenizer.json`` / HF tokenizer folder. Caches live under ``~/.cache/sparse24/`` (``SPARSE24_CACHE``
-overrides). Batch ``i`` is a pure function of (seed, i), so the data position of a run is just its step counter.
+Sources: ``olmo`` (the English corpus of :mod:`sparse24.train.corpus`; ``olmo:N``: the first N documents of each of its
+sources, for smoke runs), ``shipped`` (the small text in ``sparse24/data``, for tests and demos), or a path: a ``.txt``
+file, a ``.jsonl`` file (``"text"`` field), a folder of those, or an HF ``datasets`` folder (``save_to_disk``, a
+``text`` column). Tokenizers: ``bpe`` (a GPT-2-style byte-level BPE trained on the training split with the
+``tokenizers`` library, saved with the cache), ``byte`` (256 byte tokens) or a path to a ``tokenizer.json`` / HF
+tokenizer folder. Caches live under ``~/.cache/sparse24/`` (``SPARSE24_CACHE`` overrides). Batch ``i`` is a pure
+function of (seed, i), so the data position of a run is just its step counter.
 """
 
 from __future__ import annotations
@@ -81,11 +82,11 @@ def _hf_folder(p: Path) -> list[str]:
 
 
 def _documents(source: str) -> tuple[list[str], dict]:
-    if source == "olmo":
+    if source == "olmo" or source.startswith("olmo:") and source[5:].isdigit():
         from sparse24.train.corpus import olmo_documents
 
-        docs, counts = olmo_documents()
-        return docs, {"source": "olmo", "documents": counts}
+        docs, counts = olmo_documents(per_source=int(source[5:]) if source != "olmo" else None)
+        return docs, {"source": source, "documents": counts}
     if source == "shipped":
         from sparse24.texts import shipped_text
 
@@ -140,7 +141,8 @@ def load_data(source: str = "olmo", tokenizer: str = "bpe", vocab_size: int = 81
               cache: bool = True) -> TokenData:
     """Tokenize ``source`` once (cached by source, tokenizer and split) and return train/val streams."""
     key = hashlib.sha256(json.dumps([source, _fingerprint(source), tokenizer, vocab_size, val_fraction]).encode())
-    folder = cache_dir() / f"tokens-{Path(source).name}-{tokenizer if tokenizer in ('bpe', 'byte') else 'custom'}" \
+    name = Path(source).name.replace(":", "-")  # olmo:N -> olmo-N
+    folder = cache_dir() / f"tokens-{name}-{tokenizer if tokenizer in ('bpe', 'byte') else 'custom'}" \
         f"-{key.hexdigest()[:12]}"
     if cache and (folder / "info.json").exists():
         info = json.loads((folder / "info.json").read_text())

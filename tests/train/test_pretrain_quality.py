@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from sparse24.train.corpus import TRAIN_SOURCES
 from sparse24.train.seeds import Spread
 from sparse24.train.sweep import pick_decay
 
@@ -70,8 +71,13 @@ def test_smoke_table_resumes_and_rebuilds_from_committed_metrics(pq, tmp_path):
     assert rec["sste"]["gap_vs_dense_rel"]["mean"] == pytest.approx(sum((s[k] - d[k]) / d[k] for k in d) / 2)
     # the swept recipe used the picked λ; its variant kept λ = 0
     picked = data["meta"]["decay"]
-    cfg = json.loads((runs / "smoke" / "srste_decay_ft" / "seed0" / "run.json").read_text())["recipe"]["config"]
+    run = json.loads((runs / "smoke" / "srste_decay_ft" / "seed0" / "run.json").read_text())
+    cfg = run["recipe"]["config"]
     assert cfg["decay"] == picked
+    # the smoke corpus is a slice of every source of the olmo corpus, through the evaluation-overlap guard
+    assert run["data"]["source"] == pq.SCALES["smoke"].data
+    assert set(run["data"]["documents"]) == {*TRAIN_SOURCES, "dropped_overlap"}
+    assert all(run["data"]["documents"][s] > 0 for s in TRAIN_SOURCES)
     cfg0 = json.loads((runs / "smoke" / "srste_nodecay_ft" / "seed0" / "run.json").read_text())["recipe"]["config"]
     assert cfg0["decay"] == 0.0
     # the step before the dense fine-tune was evaluated in every run
