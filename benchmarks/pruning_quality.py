@@ -250,7 +250,7 @@ def plot(rows: dict, seqlens: list[int]) -> Path:
     import matplotlib.pyplot as plt
 
     names = list(rows)
-    fig, ax = plt.subplots(figsize=(10, 4.4))
+    fig, ax = plt.subplots(figsize=(12, 4.4))
     width = 0.8 / len(seqlens)
     for k, s in enumerate(seqlens):
         xs = [i + (k - (len(seqlens) - 1) / 2) * width for i in range(len(names))]
@@ -263,7 +263,7 @@ def plot(rows: dict, seqlens: list[int]) -> Path:
         if not over:
             return name.replace("llmc-", "llm-compressor\n")
         count = over.get("armor_params", over.get("extra_params", 0))
-        return f"{name}\n+{100 * over['overhead']:.2f} % params\n({count / 1e6:.1f} M extra)"
+        return f"{name}\n+{100 * over['overhead']:.2f} %\n({count / 1e6:.1f} M extra)"
 
     ax.set_xticks(range(len(names)), [label(n) for n in names], fontsize=7)
     for tick, name in zip(ax.get_xticklabels(), names):
