@@ -7,7 +7,8 @@ truncated SVD of ``(W − Z) C`` mapped back by ``C⁻¹`` (Eckart-Young in the 
 OATS' alternation with an activation-aware metric, here with the full Hessian). For a fixed ``L`` the best 2:4 ``Z`` is
 a one-shot problem on the target ``W − L``, solved as ``admm`` solves it (ADMM mask search, then the exact per-row
 refit). A run starts from the ``admm`` layer (``L = 0``: the one-shot result itself) and alternates ``--lowrank-rounds``
-times; a round is kept only if it lowers the objective, so the result is never worse than ``admm`` on the layer.
+times; a round is kept only if it lowers the objective, so the result is never worse than ``admm`` on that objective
+(the damped one ``admm``'s refit minimises too).
 ``W`` is ``admm``'s fit target (with ``--admm-dense-target`` it mixes in the dense model's outputs).
 
 On SmolLM2-135M layer 15 at rank 16 (+3.6 % parameters, the same count as ARMOR's block 16) 3 rounds lower the layer
