@@ -298,8 +298,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=100, help="documents per task, 0: all (default 100)")
     p.add_argument("--armor-budgets", type=float, nargs="*", default=[2, 5, 10],
                    help="ARMOR rows: extra-parameter budgets in %% of the model (default 2 5 10)")
-    p.add_argument("--lowrank-budgets", type=float, nargs="*", default=[5],
-                   help="lowrank rows (2:4 + a rank-r term): extra-parameter budgets in %% (default 5: ~30 min of "
+    p.add_argument("--lowrank-budgets", type=float, nargs="*", default=[2, 5],
+                   help="lowrank rows (2:4 + a rank-r term): extra-parameter budgets in %% (default 2 5: ~15 min of "
                    "2-thread CPU per row)")
     p.add_argument("--armor-iters", type=int, default=8, help="ARMOR iterations per linear (default 8: ~6 CPU min "
                    "on top of admm's ~9)")
