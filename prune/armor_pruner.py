@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import torch
 from sparse24.prune.armor import ArmorArgs, ArmorResult, armor_layer, block_size_for_budget, resolve_block_size
 from sparse24.prune.armor_linear import ArmorLinear, armor_modules, save_armor
-from sparse24.prune.base import LayerStats, Pruner, PruneResult, get_pruner, pruner_class, register_pruner
+from sparse24.prune.base import LayerStats, PruneResult, Refiner, get_pruner, pruner_class, register_pruner
 from sparse24.prune.refit import check_hessian_stats, layer_error
 from torch import Tensor, nn
 
@@ -43,7 +43,7 @@ def identity_result(weight: Tensor, mask: Tensor, bs: int) -> ArmorResult:
 
 
 @register_pruner
-class ArmorPruner(Pruner):
+class ArmorPruner(Refiner):
     """ARMOR on one linear, started from ``--armor-init``'s result; never worse than it on the calibration data."""
 
     name: ClassVar[str] = "armor"
@@ -67,9 +67,6 @@ class ArmorPruner(Pruner):
         self.dense_target = self.init_pruner.dense_target  # its statistics too; ARMOR fits the init's target
         self.block_size: int | str | None = None  # set by setup() when --armor-budget picks it
 
-    def settings(self) -> dict[str, Any]:
-        return {**super().settings(), "init_settings": self.init_pruner.settings()}
-
     def setup(self, model: nn.Module, linears: dict[str, nn.Module]) -> None:
         """Resolve ``--armor-budget`` into one block size from the model's parameter count and the pruned shapes, or
         check ``--block-size`` against every pruned linear (a misfit fails before any calibration work)."""
@@ -81,16 +78,7 @@ class ArmorPruner(Pruner):
         shapes = [(m.out_features, m.in_features) for m in linears.values()]
         self.block_size = block_size_for_budget(total, shapes, self.args.budget)
 
-    def prune(self, weight: Tensor, stats: LayerStats | None) -> PruneResult:
-        return self._refine(weight, stats, self.init_pruner.prune(weight, stats))
-
-    def prune_group(self, weights: dict[str, Tensor], stats: LayerStats | None) -> dict[str, PruneResult]:
-        """The init method prunes the group its own way (stacked when its rows are independent), so 0 iterations
-        reproduce its model exactly; ARMOR then refines each linear."""
-        starts = self.init_pruner.prune_group(weights, stats)
-        return {name: self._refine(w, stats, starts[name]) for name, w in weights.items()}
-
-    def _refine(self, weight: Tensor, stats: LayerStats | None, start: PruneResult) -> PruneResult:
+    def refine(self, weight: Tensor, stats: LayerStats | None, start: PruneResult) -> PruneResult:
         hessian = check_hessian_stats(stats, self.name)
         weight = self.init_pruner.fit_target(weight, stats)  # what the init fitted (itself, or e.g. admm's dense mix)
         if self.args.budget is not None and self.block_size is None:

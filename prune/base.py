@@ -40,7 +40,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from sparse24.prune.driver import PruneOutcome
     from torch import nn
 
-__all__ = ["LayerStats", "PruneResult", "Pruner", "register_pruner", "get_pruner", "pruner_class", "PRUNERS",
+__all__ = ["LayerStats", "PruneResult", "Pruner", "Refiner", "register_pruner", "get_pruner", "pruner_class", "PRUNERS",
            "MOVED", "method_table"]
 
 T = TypeVar("T")
@@ -174,6 +174,27 @@ class Pruner:
         save_sparse(model, out, **kw)
         return []
 
+
+
+class Refiner(Pruner):
+    """A pruner that improves another registered pruner's result (ARMOR, lowrank): the start (``init_pruner``) prunes
+    each group its own way (stacked when its rows are independent, so doing nothing reproduces its model exactly),
+    then :meth:`refine` improves each linear from it."""
+
+    init_pruner: Pruner
+
+    def refine(self, weight: Tensor, stats: LayerStats | None, start: PruneResult) -> PruneResult:
+        raise NotImplementedError  # pragma: no cover - interface
+
+    def settings(self) -> dict[str, Any]:
+        return {**super().settings(), "init_settings": self.init_pruner.settings()}
+
+    def prune(self, weight: Tensor, stats: LayerStats | None) -> PruneResult:
+        return self.refine(weight, stats, self.init_pruner.prune(weight, stats))
+
+    def prune_group(self, weights: dict[str, Tensor], stats: LayerStats | None) -> dict[str, PruneResult]:
+        starts = self.init_pruner.prune_group(weights, stats)
+        return {name: self.refine(w, stats, starts[name]) for name, w in weights.items()}
 
 PRUNERS: dict[str, type[Pruner]] = {}
 

@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 import torch
 from sparse24.prune.admm import admm_mask_24
 from sparse24.prune.args import flag
-from sparse24.prune.base import LayerStats, Pruner, PruneResult, get_pruner, register_pruner
+from sparse24.prune.base import LayerStats, PruneResult, Refiner, get_pruner, register_pruner
 from sparse24.prune.refit import REFIT, check_hessian_stats, layer_error, refit_rows
 from torch import Tensor, nn
 
@@ -122,7 +122,7 @@ def lowrank_layer(target: Tensor, h: Tensor, f: Any, start: Tensor, start_mask: 
 
 
 @register_pruner
-class LowRankPruner(Pruner):
+class LowRankPruner(Refiner):
     """admm's 2:4 layer plus a rank-r term fitted with it; never worse than admm on the layer (adds params)."""
 
     name: ClassVar[str] = "lowrank"
@@ -141,9 +141,6 @@ class LowRankPruner(Pruner):
         self.dense_target = self.init_pruner.dense_target
         self.rank = self.args.rank or 16  # --lowrank-budget replaces it in setup()
 
-    def settings(self) -> dict[str, Any]:
-        return {**super().settings(), "init_settings": self.init_pruner.settings()}
-
     def setup(self, model: nn.Module, linears: dict[str, nn.Module]) -> None:
         """Pick the rank from ``--lowrank-budget`` (the model's parameter count and the pruned shapes)."""
         if self.args.budget is None:
@@ -157,15 +154,7 @@ class LowRankPruner(Pruner):
             raise ValueError(f"--lowrank-budget {self.args.budget}: even rank 1 adds {100 * per_rank / total:.3f} % "
                              "parameters; raise --lowrank-budget to at least that")
 
-    def prune(self, weight: Tensor, stats: LayerStats | None) -> PruneResult:
-        return self._refine(weight, stats, self.init_pruner.prune(weight, stats))
-
-    def prune_group(self, weights: dict[str, Tensor], stats: LayerStats | None) -> dict[str, PruneResult]:
-        """admm prunes the group its own way (stacked), then each linear gets its own low-rank term."""
-        starts = self.init_pruner.prune_group(weights, stats)
-        return {name: self._refine(w, stats, starts[name]) for name, w in weights.items()}
-
-    def _refine(self, weight: Tensor, stats: LayerStats | None, start: PruneResult) -> PruneResult:
+    def refine(self, weight: Tensor, stats: LayerStats | None, start: PruneResult) -> PruneResult:
         check_hessian_stats(stats, self.name)
         if self.rank > min(weight.shape):
             raise ValueError(f"--lowrank-rank {self.rank} exceeds the smaller dim of a {list(weight.shape)} linear; "
